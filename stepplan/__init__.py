@@ -1,0 +1,3 @@
+"""stepplan: a self-hostable Step Plan gateway."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,82 @@
+"""Shared request plumbing for the protocol routes: trace ids, bodies, keys, errors."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from typing import Any
+
+import orjson
+from starlette.requests import Request as HTTPRequest
+
+from ..errors import GatewayError, InvalidRequest, PayloadTooLarge
+from ..store.accounts import KeyInfo
+from .responses import JSONResponse
+
+log = logging.getLogger("stepplan.api")
+
+_trace_prefix = os.urandom(4).hex()
+_trace_counter = itertools.count(1)
+
+
+def new_trace_id() -> str:
+    return f"{_trace_prefix}{next(_trace_counter):012x}"
+
+
+def trace_id(request: HTTPRequest) -> str:
+    return request.scope["stepplan.trace_id"]
+
+
+async def read_json(request: HTTPRequest, limit: int) -> tuple[Any, int]:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(f"request body is larger than the {limit} byte limit")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body is larger than the {limit} byte limit")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw:
+        raise InvalidRequest("request body is empty; send a JSON object")
+    try:
+        return orjson.loads(raw), size
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"malformed JSON body: {exc}") from exc
+
+
+async def authenticate(request: HTTPRequest) -> KeyInfo:
+    from ..auth import key_from_headers
+
+    h = request.headers
+    return await request.app.state.gateway.auth.authenticate(key_from_headers(h.get("authorization"),
+                                                                              h.get("x-api-key")))
+
+
+def is_anthropic_path(path: str) -> bool:
+    return "/messages" in path
+
+
+def error_response(exc: GatewayError, trace: str, anthropic: bool) -> JSONResponse:
+    body = exc.anthropic_body(trace) if anthropic else exc.openai_body(trace)
+    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+
+
+def session_id(request: HTTPRequest, metadata: Any = None) -> str | None:
+    h = request.headers
+    sid = h.get("x-session-id") or h.get("x-claude-code-session-id") or h.get("x-session-affinity")
+    if sid:
+        return sid
+    if isinstance(metadata, dict):
+        uid = metadata.get("user_id")
+        if isinstance(uid, str) and uid.startswith("{"):
+            try:
+                inner = orjson.loads(uid)
+                if isinstance(inner, dict) and isinstance(inner.get("session_id"), str):
+                    return inner["session_id"]
+            except orjson.JSONDecodeError:
+                return None
+    return None

@@ -1,0 +1,88 @@
+"""OpenAI-protocol routes: chat completions and the model catalog."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request as HTTPRequest
+from starlette.responses import Response
+
+from ..catalog import model_card
+from ..errors import GatewayError, ModelNotFound
+from ..pipeline import Call
+from ..protocols.canonical import Event
+from ..protocols.openai_request import decode_request
+from ..protocols.openai_response import StreamEncoder, encode_response
+from .common import authenticate, read_json, session_id, trace_id
+from .responses import JSONResponse, SSEResponse
+
+
+def call_headers(call: Call) -> dict[str, str]:
+    headers = call.gateway.meter.headers(call.reservation)
+    if call.spec.kind == "router":
+        headers["x-stepplan-routed-model"] = call.served_model.id
+        if call.route.reason:
+            headers["x-stepplan-route-reason"] = call.route.reason
+    return headers
+
+
+async def prefetch(call: Call) -> tuple[AsyncIterator[Event], Event]:
+    """Wait for the first event so that failures before any byte become HTTP errors."""
+    events = call.events()
+    try:
+        first = await events.__anext__()
+    except BaseException:
+        await events.aclose()
+        raise
+    return events, first
+
+
+async def chat_completions(request: HTTPRequest) -> Response:
+    gw = request.app.state.gateway
+    trace = trace_id(request)
+    key = await authenticate(request)
+    body, size = await read_json(request, gw.settings.max_body_bytes)
+    req = decode_request(body)
+    req.session_id = session_id(request)
+    call = await gw.start_call(req, key, trace, size)
+    if not req.stream:
+        resp = await call.complete()
+        resp.id = f"chatcmpl-{trace}"
+        return JSONResponse(encode_response(resp, req.model), headers=call_headers(call))
+    events, first = await prefetch(call)
+    return SSEResponse(_sse(call, events, first, req.model, req.include_usage, trace), headers=call_headers(call))
+
+
+async def _sse(call: Call, events: AsyncIterator[Event], first: Event, model: str, include_usage: bool,
+               trace: str) -> AsyncIterator[bytes]:
+    enc = StreamEncoder(f"chatcmpl-{trace}", model, include_usage, int(time.time()))
+    try:
+        yield enc.start() + enc.feed(first)
+        async for ev in events:
+            out = enc.feed(ev)
+            if out:
+                yield out
+    except GatewayError as exc:
+        yield StreamEncoder.error(exc.openai_body(trace))
+        return
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+    if call.settlement is not None:
+        await call.settlement  # the ledger entry is durable before the stream ends
+    yield enc.end()
+
+
+async def list_models(request: HTTPRequest) -> Response:
+    await authenticate(request)
+    cards = [model_card(m) for m in request.app.state.gateway.catalog.public()]
+    return JSONResponse({"object": "list", "data": cards})
+
+
+async def get_model(request: HTTPRequest) -> Response:
+    await authenticate(request)
+    name = request.path_params["model"]
+    spec = request.app.state.gateway.catalog.models.get(name)
+    if spec is None or not spec.public:
+        raise ModelNotFound(f"model does not exist: '{name}'", param="model")
+    return JSONResponse(model_card(spec))

@@ -1,0 +1,3 @@
+"""Routes filled in by the usage work."""
+
+ROUTES: list = []

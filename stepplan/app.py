@@ -1,0 +1,178 @@
+"""The ASGI application: routes, the error boundary, and start-up/shut-down wiring."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request as HTTPRequest
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .api import openai as openai_api
+from .api.common import error_response, is_anthropic_path, new_trace_id
+from .api.responses import JSONResponse
+from .auth import Authenticator
+from .billing.meter import Meter, NullMeter
+from .engines.base import EngineRegistry
+from .errors import GatewayError, InvalidRequest, NotFound, Overloaded
+from .pipeline import Gateway
+from .reasoning import Signer
+from .routing.route import Router
+from .settings import Settings, load_settings
+from .store.db import make_engine, sessionmaker
+from .store.meta import signing_secret
+
+log = logging.getLogger("stepplan")
+
+Handler = Callable[[HTTPRequest], Awaitable[Response]]
+
+
+def guarded(handler: Handler) -> Handler:
+    """The error boundary: every failure leaves in the caller's protocol, never as a bare 500."""
+
+    async def run(request: HTTPRequest) -> Response:
+        trace = request.scope["stepplan.trace_id"]
+        anthropic = is_anthropic_path(request.url.path)
+        try:
+            return await handler(request)
+        except GatewayError as exc:
+            if exc.status >= 500:
+                log.warning("trace=%s %s %s: %s", trace, request.method, request.url.path, exc.message)
+            return error_response(exc, trace, anthropic)
+        except Exception:
+            log.exception("trace=%s unhandled error on %s", trace, request.url.path)
+            err = GatewayError(f"internal error; quote trace id {trace} when reporting it")
+            return error_response(err, trace, anthropic)
+
+    return run
+
+
+class TraceAndLimit:
+    """Gives every request a trace id (``X-Trace-Id`` on every response) and sheds load
+    with a 503 once ``max_concurrency`` requests are in flight."""
+
+    def __init__(self, app: ASGIApp, max_concurrency: int):
+        self.app = app
+        self.max_concurrency = max_concurrency
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        trace = new_trace_id()
+        scope["stepplan.trace_id"] = trace
+        header = (b"x-trace-id", trace.encode())
+
+        async def send_with_trace(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        if self.in_flight >= self.max_concurrency:
+            err = Overloaded("the gateway is at its concurrency limit; retry shortly", headers={"retry-after": "1"})
+            await error_response(err, trace, is_anthropic_path(scope["path"]))(scope, receive, send_with_trace)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send_with_trace)
+        finally:
+            self.in_flight -= 1
+
+
+async def healthz(request: HTTPRequest) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def root(request: HTTPRequest) -> Response:
+    if request.method == "HEAD":
+        return Response(status_code=200)
+    return JSONResponse({"service": "stepplan", "status": "ok"})
+
+
+async def not_found(request: HTTPRequest, exc: Exception) -> Response:
+    trace = request.scope["stepplan.trace_id"]
+    anthropic = is_anthropic_path(request.url.path)
+    if isinstance(exc, HTTPException) and exc.status_code == 405:
+        err: GatewayError = InvalidRequest(f"method {request.method} is not allowed on {request.url.path}")
+        resp = error_response(err, trace, anthropic)
+        resp.status_code = 405
+        return resp
+    return error_response(NotFound(f"no route for {request.method} {request.url.path}"), trace, anthropic)
+
+
+def routes() -> list[Route]:
+    from .api import admin as admin_api
+    from .api import anthropic as anthropic_api
+    from .api import usage as usage_api
+
+    r = [
+        Route("/healthz", guarded(healthz), methods=["GET"]),
+        Route("/", guarded(root), methods=["GET", "HEAD"]),
+        Route("/step_plan", guarded(root), methods=["GET", "HEAD"]),
+        Route("/step_plan/", guarded(root), methods=["GET", "HEAD"]),
+        Route("/step_plan/v1/chat/completions", guarded(openai_api.chat_completions), methods=["POST"]),
+        Route("/step_plan/v1/models", guarded(openai_api.list_models), methods=["GET"]),
+        Route("/step_plan/v1/models/{model:path}", guarded(openai_api.get_model), methods=["GET"]),
+    ]
+    r += [Route(p, guarded(h), methods=m) for p, h, m in anthropic_api.ROUTES]
+    r += [Route(p, guarded(h), methods=m) for p, h, m in usage_api.ROUTES]
+    r += [Route(p, guarded(h), methods=m) for p, h, m in admin_api.ROUTES]
+    return r
+
+
+def build_meter(settings: Settings, sessions: Any) -> Meter:
+    if not settings.billing.get("enabled", True):
+        return NullMeter()
+    from .billing.credit_meter import CreditMeter
+
+    return CreditMeter(settings, sessions)
+
+
+def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Starlette:
+    settings = settings or load_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url)
+        if migrate:
+            from .store.migrate import migrate as run_migrations
+
+            await run_migrations(engine)
+        sessions = sessionmaker(engine)
+        secret = settings.secret.encode() if settings.secret else await signing_secret(sessions)
+        auth = Authenticator(sessions)
+        await auth.start()
+        meter = build_meter(settings, sessions)
+        await meter.start()
+        gateway = Gateway(settings, auth, EngineRegistry(settings), meter, Signer(secret),
+                          Router(settings.catalog, settings.router))
+        app.state.gateway = gateway
+        app.state.sessions = sessions
+        app.state.settings = settings
+        try:
+            yield
+        finally:
+            await meter.stop()
+            await auth.stop()
+            await gateway.aclose()
+            await engine.dispose()
+
+    app = Starlette(routes=routes(), lifespan=lifespan,
+                    exception_handlers={404: not_found, 405: not_found})
+    app.add_middleware(TraceAndLimit, max_concurrency=settings.max_concurrency)  # type: ignore[arg-type]
+    return app
+
+
+def app_factory() -> Starlette:
+    """Entry point for ``uvicorn --factory stepplan.app:app_factory`` (used by --workers N)."""
+    return create_app(migrate=False)
+
+
+__all__ = ["app_factory", "create_app"]

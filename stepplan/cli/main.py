@@ -1,0 +1,205 @@
+"""The ``stepplan`` command: one click group; each area adds its own subcommands."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from ..settings import Settings, load_settings
+
+T = TypeVar("T")
+
+
+def settings_from(ctx: click.Context) -> Settings:
+    return ctx.obj["settings"]
+
+
+def run_db(ctx: click.Context, fn: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``fn(session)`` in one transaction on a migrated database."""
+    from ..store.db import make_engine, sessionmaker
+    from ..store.migrate import migrate
+
+    settings = settings_from(ctx)
+
+    async def go() -> T:
+        engine = make_engine(settings.database_url)
+        try:
+            await migrate(engine)
+            async with sessionmaker(engine)() as s:
+                result = await fn(s)
+                await s.commit()
+                return result
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
+def fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
+
+
+@click.group()
+@click.option("--config", "config", type=click.Path(dir_okay=False), default=None, envvar="STEPPLAN_CONFIG",
+              help="TOML config file (default: embedded defaults).")
+@click.pass_context
+def cli(ctx: click.Context, config: str | None) -> None:
+    """stepplan: a self-hosted Step Plan gateway."""
+    try:
+        ctx.obj = {"settings": load_settings(config), "config": config}
+    except (OSError, ValueError) as exc:
+        fail(f"cannot load config: {exc}")
+
+
+@cli.command()
+@click.option("--config", "config", type=click.Path(dir_okay=False), default=None, help="TOML config file.")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=1, show_default=True, type=int)
+@click.option("--log-level", default=None)
+@click.pass_context
+def serve(ctx: click.Context, config: str | None, host: str, port: int, workers: int, log_level: str | None) -> None:
+    """Start the gateway."""
+    import logging
+
+    import uvicorn
+
+    from ..store.db import make_engine
+    from ..store.migrate import migrate
+
+    if config:
+        ctx.obj["settings"] = load_settings(config)
+        ctx.obj["config"] = config
+    settings = settings_from(ctx)
+    if ctx.obj["config"]:
+        os.environ["STEPPLAN_CONFIG"] = os.path.abspath(ctx.obj["config"])
+    level = (log_level or settings.log_level).lower()
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    async def prepare() -> None:
+        engine = make_engine(settings.database_url)
+        await migrate(engine)
+        await engine.dispose()
+
+    asyncio.run(prepare())  # migrate once, before any worker starts
+    click.echo(f"stepplan listening on http://{host}:{port} (workers={workers}, db={settings.database_url})",
+               err=True)
+    uvicorn.run("stepplan.app:app_factory", factory=True, host=host, port=port, workers=workers,
+                loop="uvloop", http="httptools", log_level="warning" if level == "info" else level,
+                access_log=False, timeout_keep_alive=75, backlog=4096)
+
+
+# ------------------------------------------------------------------ accounts and keys
+@cli.group()
+def accounts() -> None:
+    """Manage accounts."""
+
+
+@accounts.command("create")
+@click.argument("name")
+@click.pass_context
+def accounts_create(ctx: click.Context, name: str) -> None:
+    from ..store.accounts import AccountExists, create_account
+
+    async def go(s: Any) -> int:
+        return (await create_account(s, name)).id
+
+    try:
+        acct_id = run_db(ctx, go)
+    except AccountExists as exc:
+        fail(str(exc))
+    click.echo(f"created account {name} (id {acct_id})")
+
+
+@accounts.command("list")
+@click.pass_context
+def accounts_list(ctx: click.Context) -> None:
+    from sqlalchemy import select
+
+    from ..store.models import Account
+
+    async def go(s: Any) -> list[Any]:
+        return list((await s.execute(select(Account).order_by(Account.id))).scalars())
+
+    for a in run_db(ctx, go):
+        click.echo(f"{a.id}\t{a.name}")
+
+
+@cli.group()
+def keys() -> None:
+    """Manage API keys."""
+
+
+@keys.command("create")
+@click.option("--account", "account", required=True)
+@click.option("--name", "label", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def keys_create(ctx: click.Context, account: str, label: str | None, as_json: bool) -> None:
+    from ..store.accounts import create_key, get_account
+
+    async def go(s: Any) -> tuple[int, str] | None:
+        acct = await get_account(s, account)
+        if acct is None:
+            return None
+        row, key = await create_key(s, acct, label)
+        return row.id, key
+
+    out = run_db(ctx, go)
+    if out is None:
+        fail(f"no account named {account!r}; create it with: stepplan accounts create {account}")
+        return
+    key_id, key = out
+    if as_json:
+        click.echo(json.dumps({"id": key_id, "key": key, "account": account, "name": label}))
+    else:
+        click.echo(f"key id {key_id} for account {account} (shown once, store it now):\n{key}")
+
+
+@keys.command("list")
+@click.option("--account", "account", default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def keys_list(ctx: click.Context, account: str | None, as_json: bool) -> None:
+    from ..store.accounts import get_account, list_keys
+
+    async def go(s: Any) -> list[dict[str, Any]]:
+        acct = await get_account(s, account) if account else None
+        return [{"id": k.id, "account": n, "name": k.name, "prefix": k.prefix, "created_at": k.created_at,
+                 "revoked_at": k.revoked_at} for k, n in await list_keys(s, acct)]
+
+    rows = run_db(ctx, go)
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for r in rows:
+        state = "revoked" if r["revoked_at"] else "active"
+        click.echo(f"{r['id']}\t{r['account']}\t{r['prefix']}…\t{r['name'] or ''}\t{state}")
+
+
+@keys.command("revoke")
+@click.argument("key_id", type=int)
+@click.pass_context
+def keys_revoke(ctx: click.Context, key_id: int) -> None:
+    from ..store.accounts import revoke_key
+
+    async def go(s: Any) -> bool:
+        return await revoke_key(s, key_id)
+
+    if not run_db(ctx, go):
+        fail(f"no active key with id {key_id}")
+    click.echo(f"revoked key {key_id}")
+
+
+def main() -> None:
+    from . import register_all
+
+    register_all(cli)
+    cli()

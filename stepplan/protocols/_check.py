@@ -1,0 +1,96 @@
+"""Small typed readers for wire JSON that fail with an error naming the field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import InvalidRequest
+
+
+def obj(v: Any, name: str) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise InvalidRequest(f"'{name}' must be an object", param=name)
+    return v
+
+
+def lst(v: Any, name: str) -> list[Any]:
+    if not isinstance(v, list):
+        raise InvalidRequest(f"'{name}' must be an array", param=name)
+    return v
+
+
+def string(v: Any, name: str) -> str:
+    if not isinstance(v, str):
+        raise InvalidRequest(f"'{name}' must be a string", param=name)
+    return v
+
+
+def opt_str(d: dict[str, Any], key: str, name: str | None = None) -> str | None:
+    v = d.get(key)
+    if v is None:
+        return None
+    return string(v, name or key)
+
+
+def opt_bool(d: dict[str, Any], key: str, name: str | None = None) -> bool | None:
+    v = d.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, bool):
+        raise InvalidRequest(f"'{name or key}' must be a boolean", param=name or key)
+    return v
+
+
+def opt_int(d: dict[str, Any], key: str, lo: int | None = None, hi: int | None = None,
+            name: str | None = None) -> int | None:
+    v = d.get(key)
+    if v is None:
+        return None
+    n = name or key
+    if isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        else:
+            raise InvalidRequest(f"'{n}' must be an integer", param=n)
+    if lo is not None and v < lo:
+        raise InvalidRequest(f"'{n}' must be >= {lo}", param=n)
+    if hi is not None and v > hi:
+        raise InvalidRequest(f"'{n}' must be <= {hi}", param=n)
+    return v
+
+
+def opt_num(d: dict[str, Any], key: str, lo: float | None = None, hi: float | None = None,
+            name: str | None = None) -> float | None:
+    v = d.get(key)
+    if v is None:
+        return None
+    n = name or key
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise InvalidRequest(f"'{n}' must be a number", param=n)
+    if lo is not None and v < lo:
+        raise InvalidRequest(f"'{n}' must be between {lo} and {hi}", param=n)
+    if hi is not None and v > hi:
+        raise InvalidRequest(f"'{n}' must be between {lo} and {hi}", param=n)
+    return float(v)
+
+
+def str_list(v: Any, name: str) -> list[str]:
+    if v is None:
+        return []
+    if isinstance(v, str):
+        return [v]
+    items = lst(v, name)
+    for i, s in enumerate(items):
+        string(s, f"{name}[{i}]")
+    return items
+
+
+def split_data_url(url: str) -> tuple[str | None, str | None]:
+    """``data:image/png;base64,XXXX`` → (media_type, data); anything else → (None, None)."""
+    if not url.startswith("data:"):
+        return None, None
+    head, sep, data = url[5:].partition(",")
+    if not sep:
+        raise InvalidRequest("malformed data URL in image content", param="image_url.url")
+    media = head.split(";", 1)[0] or None
+    return media, data
