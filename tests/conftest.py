@@ -143,6 +143,8 @@ def make_gateway(tmp: Path, fake: FakeUpstream, *, db_url: str | None = None, ex
                  env: dict[str, str] | None = None) -> Gateway:
     tmp.mkdir(parents=True, exist_ok=True)
     config = tmp / "stepplan.toml"
+    if os.environ.get("STEPPLAN_TEST_BILLING") == "0":  # run the protocol tests without metering
+        extra += "\n[billing]\nenabled = false\n"
     write_config(config, fake, db_url=db_url or f"sqlite:///{tmp}/stepplan.db", extra=extra)
     e = {k: v for k, v in os.environ.items() if not k.startswith("STEPPLAN_")}
     e["PYTHONPATH"] = str(ROOT)

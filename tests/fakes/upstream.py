@@ -108,7 +108,7 @@ class FakeUpstream:
         app.router.add_post("/v1/chat/completions", self._handle)
         app.router.add_post("/v1/messages", self._handle)
         app.router.add_get("/v1/models", self._models)
-        self._runner = web.AppRunner(app)
+        self._runner = web.AppRunner(app, shutdown_timeout=0.5, handler_cancellation=True)
         self._loop.run_until_complete(self._runner.setup())
         self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
         self._ready.set()
@@ -126,7 +126,7 @@ class FakeUpstream:
         self.requests.append(Recorded(request.path, dict(request.headers), body, time.time()))
         reply = self.replies.popleft() if self.replies else self._default(request.path, body)
         if reply.hang:
-            await asyncio.sleep(3600)
+            await asyncio.sleep(60)
         if reply.first_delay:
             await asyncio.sleep(reply.first_delay)
         if reply.sse is None:
