@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -68,6 +69,7 @@ class TraceAndLimit:
             return
         trace = new_trace_id()
         scope["stepplan.trace_id"] = trace
+        scope["stepplan.t0"] = time.perf_counter()
         header = (b"x-trace-id", trace.encode())
 
         async def send_with_trace(message: Message) -> None:

@@ -94,6 +94,11 @@ class Call:
     t0: float
     served: ModelSpec | None = None
     settlement: object = None  # the meter's durability awaitable, set when the stream settles
+    upstream_s: float = 0.0  # time spent waiting on upstreams (to the first event, for streams)
+
+    def overhead_ms(self, arrived: float) -> str:
+        """The gateway's own time so far: wall time since arrival minus upstream waiting."""
+        return f"{max(0.0, (time.perf_counter() - arrived - self.upstream_s) * 1000):.3f}"
 
     @property
     def served_model(self) -> ModelSpec:
@@ -121,12 +126,15 @@ class Call:
             for spec in self.route.engines:
                 engine = self.gateway.engines.for_model(spec.id)
                 self.served = spec
+                t = time.perf_counter()
                 try:
                     resp = await engine.complete(self.req, spec, self._ctx())
                 except UpstreamError as exc:
+                    self.upstream_s += time.perf_counter() - t
                     last = exc
                     log.warning("trace=%s engine=%s failed: %s", self.trace_id, spec.id, exc.message)
                     continue
+                self.upstream_s += time.perf_counter() - t
                 if not resp.usage.known:
                     text = "".join(getattr(b, "text", "") for b in resp.content)
                     resp.usage = self._local_usage(text)
@@ -159,10 +167,12 @@ class Call:
             for i, spec in enumerate(self.route.engines):
                 engine = self.gateway.engines.for_model(spec.id)
                 self.served = spec
+                t = time.perf_counter()
                 try:
                     async for ev in engine.stream(self.req, spec, self._ctx()):
                         if first is None:
                             first = time.perf_counter()
+                            self.upstream_s += first - t
                         if isinstance(ev, UsageUpdate):
                             usage = ev.usage
                         elif isinstance(ev, TextDelta):
@@ -179,6 +189,8 @@ class Call:
                     break
                 except UpstreamError as exc:
                     # Before the first byte another engine may take over; after it, the error goes out.
+                    if first is None:
+                        self.upstream_s += time.perf_counter() - t
                     if first is None and i + 1 < len(self.route.engines):
                         log.warning("trace=%s engine=%s failed before first byte: %s; falling back",
                                     self.trace_id, spec.id, exc.message)

@@ -18,8 +18,10 @@ from .common import authenticate, read_json, session_id, trace_id
 from .responses import JSONResponse, SSEResponse
 
 
-def call_headers(call: Call) -> dict[str, str]:
+def call_headers(call: Call, request: HTTPRequest | None = None) -> dict[str, str]:
     headers = call.gateway.meter.headers(call.reservation)
+    if request is not None:
+        headers["x-stepplan-overhead-ms"] = call.overhead_ms(request.scope["stepplan.t0"])
     if call.spec.kind == "router":
         headers["x-stepplan-routed-model"] = call.served_model.id
         if call.route.reason:
@@ -49,9 +51,10 @@ async def chat_completions(request: HTTPRequest) -> Response:
     if not req.stream:
         resp = await call.complete()
         resp.id = f"chatcmpl-{trace}"
-        return JSONResponse(encode_response(resp, req.model), headers=call_headers(call))
+        return JSONResponse(encode_response(resp, req.model), headers=call_headers(call, request))
     events, first = await prefetch(call)
-    return SSEResponse(_sse(call, events, first, req.model, req.include_usage, trace), headers=call_headers(call))
+    return SSEResponse(_sse(call, events, first, req.model, req.include_usage, trace),
+                       headers=call_headers(call, request))
 
 
 async def _sse(call: Call, events: AsyncIterator[Event], first: Event, model: str, include_usage: bool,
