@@ -43,8 +43,8 @@ def guarded(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except GatewayError as exc:
-            if exc.status >= 500:
-                log.warning("trace=%s %s %s: %s", trace, request.method, request.url.path, exc.message)
+            log.log(logging.WARNING if exc.status >= 500 else logging.INFO, "trace=%s %s %s -> %d %s: %s", trace,
+                    request.method, request.url.path, exc.status, exc.code, exc.message)
             return error_response(exc, trace, anthropic)
         except Exception:
             log.exception("trace=%s unhandled error on %s", trace, request.url.path)
