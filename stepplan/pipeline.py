@@ -95,6 +95,7 @@ class Call:
     served: ModelSpec | None = None
     settlement: object = None  # the meter's durability awaitable, set when the stream settles
     upstream_s: float = 0.0  # time spent waiting on upstreams (to the first event, for streams)
+    usage: Usage | None = None  # a stream's final (billed) usage, set when it settles
 
     def overhead_ms(self, arrived: float) -> str:
         """The gateway's own time so far: wall time since arrival minus upstream waiting."""
@@ -206,6 +207,7 @@ class Call:
             if usage is None or not usage.known:
                 produced = "".join(thinking) + "".join(out_parts)
                 usage = self._local_usage(produced) if (first is not None or status == "ok") else Usage()
+            self.usage = usage
             self.settlement = self._settle(usage, status, first)
 
 
