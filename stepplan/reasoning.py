@@ -1,7 +1,7 @@
 """Reasoning across turns: gateway-signed thinking blocks and a replay record.
 
 Thinking text sent to an Anthropic client carries a signature made here
-(``sp1.<HMAC-SHA256 over the text>``), so when the client echoes the block back we
+(``sp1.<HMAC-SHA256 over the text>``, see :class:`Signer`), so when the client echoes the block back we
 know the text is ours and can restore it upstream as ``reasoning_content``. For
 clients that drop reasoning between turns, :class:`ReasoningStore` remembers the
 reasoning that preceded each tool call for a while.
@@ -21,15 +21,69 @@ SIG_PREFIX = "sp1."
 
 
 class Signer:
+    """Signs thinking text for clients; a signature can carry the upstream's own one.
+
+    Format: ``sp1.<mac>`` for reasoning from an upstream that does not sign, or
+    ``sp1.<mac>.<upstream signature, base64url>`` when an Anthropic-protocol upstream
+    signed the block itself; the MAC then covers both, so neither can be swapped.
+    """
+
     def __init__(self, secret: bytes):
         self.secret = secret
 
-    def sign(self, text: str) -> str:
-        mac = hmac.new(self.secret, text.encode(), hashlib.sha256).digest()
-        return SIG_PREFIX + base64.urlsafe_b64encode(mac).decode().rstrip("=")
+    def _mac(self, text: str, upstream: str | None) -> str:
+        acc = self.accumulator()
+        acc.update(text)
+        return acc.mac(upstream)
+
+    def accumulator(self) -> SignatureAccumulator:
+        """Sign a thinking block as it streams, without keeping its text."""
+        return SignatureAccumulator(hmac.new(self.secret, digestmod=hashlib.sha256))
+
+    def sign(self, text: str, upstream: str | None = None) -> str:
+        acc = self.accumulator()
+        acc.update(text)
+        return acc.signature(upstream)
+
+    def open(self, text: str, signature: str | None) -> tuple[bool, str | None]:
+        """``(ours, upstream_signature)``: whether we signed ``text``, and what the upstream had signed."""
+        if not signature or not signature.startswith(SIG_PREFIX):
+            return False, None
+        mac, _, tag = signature[len(SIG_PREFIX):].partition(".")
+        upstream: str | None = None
+        if tag:
+            try:
+                upstream = base64.urlsafe_b64decode(tag + "=" * (-len(tag) % 4)).decode()
+            except (ValueError, UnicodeDecodeError):
+                return False, None
+        if not hmac.compare_digest(self._mac(text, upstream).encode(), mac.encode()):
+            return False, None
+        return True, upstream or None
 
     def verify(self, text: str, signature: str | None) -> bool:
-        return bool(signature) and hmac.compare_digest(self.sign(text), signature or "")
+        return self.open(text, signature)[0]
+
+
+class SignatureAccumulator:
+    __slots__ = ("_h",)
+
+    def __init__(self, h: hmac.HMAC):
+        self._h = h
+
+    def update(self, text: str) -> None:
+        self._h.update(text.encode())
+
+    def mac(self, upstream: str | None) -> str:
+        h = self._h.copy()
+        up = (upstream or "").encode()
+        h.update(b"\x00" + up + len(up).to_bytes(8, "big"))  # parses uniquely from the end
+        return base64.urlsafe_b64encode(h.digest()).decode().rstrip("=")
+
+    def signature(self, upstream: str | None = None) -> str:
+        sig = SIG_PREFIX + self.mac(upstream)
+        if upstream:
+            sig += "." + base64.urlsafe_b64encode(upstream.encode()).decode().rstrip("=")
+        return sig
 
 
 class ReasoningStore:

@@ -1,3 +1,84 @@
-"""Routes filled in by the anthropic work."""
+"""Anthropic-protocol routes: ``POST /step_plan/v1/messages`` and ``…/messages/count_tokens``.
 
-ROUTES: list = []
+Both accept ``?beta=true`` (Claude Code always sends it) and keys by ``x-api-key`` or
+``Authorization: Bearer``. Errors leave in Anthropic's shape (the error boundary picks
+it by path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request as HTTPRequest
+from starlette.responses import Response
+
+from ..errors import GatewayError
+from ..pipeline import Call
+from ..protocols.anthropic_request import decode_request
+from ..protocols.anthropic_response import StreamEncoder, encode_response
+from ..protocols.canonical import Event
+from ..tokens import count_request
+from .common import authenticate, read_json, session_id, trace_id
+from .openai import call_headers, prefetch
+from .responses import JSONResponse, SSEResponse
+
+log = logging.getLogger("stepplan.api")
+
+
+async def messages(request: HTTPRequest) -> Response:
+    gw = request.app.state.gateway
+    trace = trace_id(request)
+    key = await authenticate(request)
+    body, size = await read_json(request, gw.settings.max_body_bytes)
+    req = decode_request(body, gw.signer)
+    req.session_id = session_id(request, body.get("metadata"))
+    call = await gw.start_call(req, key, trace, size)
+    msg_id = f"msg_{trace}"
+    if not req.stream:
+        resp = await call.complete()
+        headers = {**call_headers(call, request), "request-id": trace}
+        return JSONResponse(encode_response(resp, req.model, msg_id, gw.signer), headers=headers)
+    events, first = await prefetch(call)
+    headers = {**call_headers(call, request), "request-id": trace}
+    return SSEResponse(_sse(call, events, first, StreamEncoder(msg_id, req.model, gw.signer), trace), headers=headers)
+
+
+async def _sse(call: Call, events: AsyncIterator[Event], first: Event, enc: StreamEncoder,
+               trace: str) -> AsyncIterator[bytes]:
+    try:
+        yield enc.start(first) + enc.feed(first)
+        async for ev in events:
+            out = enc.feed(ev)
+            if out:
+                yield out
+    except GatewayError as exc:
+        yield StreamEncoder.error(exc.anthropic_body(trace))
+        return
+    except Exception:  # a bug must still end the stream in protocol, not as a cut connection
+        log.exception("trace=%s stream failed", trace)
+        err = GatewayError(f"internal error; quote trace id {trace} when reporting it")
+        yield StreamEncoder.error(err.anthropic_body(trace))
+        return
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+    if call.settlement is not None:
+        await call.settlement  # the ledger entry is durable before message_stop
+    yield enc.end(call.usage)
+
+
+async def count_tokens(request: HTTPRequest) -> Response:
+    gw = request.app.state.gateway
+    await authenticate(request)
+    body, _ = await read_json(request, gw.settings.max_body_bytes)
+    req = decode_request(body, gw.signer, count_only=True)
+    gw.catalog.resolve(req.model)
+    n = await asyncio.to_thread(count_request, req)  # a big request tokenizes in tens of ms: off the loop
+    return JSONResponse({"input_tokens": n})
+
+
+ROUTES: list = [
+    ("/step_plan/v1/messages", messages, ["POST"]),
+    ("/step_plan/v1/messages/count_tokens", count_tokens, ["POST"]),
+]
