@@ -295,11 +295,20 @@ def encode_messages(req: Request, replay_reasoning: bool,
     out: list[dict[str, Any]] = []
     if req.system:
         out.append({"role": "system", "content": "\n\n".join(t.text for t in req.system)})
+    deferred: list[dict[str, Any]] = []  # mid-conversation system text waiting for tool results to go first
     for m in req.messages:
         if m.role == "system":
             text = "".join(b.text for b in m.content if isinstance(b, Text))
-            _merge_user(out, [{"type": "text", "text": MID_SYSTEM_OPEN + text + MID_SYSTEM_CLOSE}])
-        elif m.role == "user":
+            part = {"type": "text", "text": MID_SYSTEM_OPEN + text + MID_SYSTEM_CLOSE}
+            if deferred or (out and out[-1]["role"] == "assistant" and out[-1].get("tool_calls")):
+                deferred.append(part)  # tool messages must directly follow the assistant's tool calls
+            else:
+                _merge_user(out, [part])
+            continue
+        if deferred and not (m.role == "user" and any(isinstance(b, ToolResult) for b in m.content)):
+            _merge_user(out, deferred)
+            deferred = []
+        if m.role == "user":
             parts: list[dict[str, Any]] = []
             media: list[dict[str, Any]] = []
             for b in m.content:
@@ -313,7 +322,8 @@ def encode_messages(req: Request, replay_reasoning: bool,
                     parts.append(_part(b))
             if media:
                 _merge_user(out, [{"type": "text", "text": "Attached media from tool result:"}, *media])
-            _merge_user(out, parts)
+            _merge_user(out, [*deferred, *parts])
+            deferred = []
         else:
             msg: dict[str, Any] = {"role": "assistant"}
             texts = [b.text for b in m.content if isinstance(b, Text)]
@@ -329,6 +339,7 @@ def encode_messages(req: Request, replay_reasoning: bool,
                 if reasoning:
                     msg["reasoning_content"] = reasoning
             out.append(msg)
+    _merge_user(out, deferred)
     return out
 
 
