@@ -138,7 +138,7 @@ def upstream_error_for_status(status: int, message: str, retry_after: float | No
         return RateLimited(f"upstream rate limit: {message}", headers=_retry_headers(retry_after))
     if status == 504:
         return UpstreamTimeout(f"upstream timed out: {message}", upstream_status=status)
-    if status == 503:
+    if status in (503, 529):  # 529: Anthropic-protocol upstreams' "overloaded"
         return Overloaded(f"upstream overloaded: {message}", headers=_retry_headers(retry_after))
     return UpstreamError(f"upstream error {status}: {message}", upstream_status=status, retry_after=retry_after)
 
