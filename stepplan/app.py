@@ -39,15 +39,16 @@ def guarded(handler: Handler) -> Handler:
 
     async def run(request: HTTPRequest) -> Response:
         trace = request.scope["stepplan.trace_id"]
-        anthropic = is_anthropic_path(request.url.path)
+        path = request.scope["path"]
+        anthropic = is_anthropic_path(path)
         try:
             return await handler(request)
         except GatewayError as exc:
             log.log(logging.WARNING if exc.status >= 500 else logging.INFO, "trace=%s %s %s -> %d %s: %s", trace,
-                    request.method, request.url.path, exc.status, exc.code, exc.message)
+                    request.method, path, exc.status, exc.code, exc.message)
             return error_response(exc, trace, anthropic)
         except Exception:
-            log.exception("trace=%s unhandled error on %s", trace, request.url.path)
+            log.exception("trace=%s unhandled error on %s", trace, path)
             err = GatewayError(f"internal error; quote trace id {trace} when reporting it")
             return error_response(err, trace, anthropic)
 
@@ -174,6 +175,11 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Sta
 
 def app_factory() -> Starlette:
     """Entry point for ``uvicorn --factory stepplan.app:app_factory`` (used by --workers N)."""
+    import os
+
+    from .logs import setup_logging
+
+    setup_logging(os.environ.get("STEPPLAN_LOG_LEVEL", "info"))  # worker processes start with a fresh logging
     return create_app(migrate=False)
 
 

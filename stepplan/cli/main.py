@@ -67,10 +67,9 @@ def cli(ctx: click.Context, config: str | None) -> None:
 @click.pass_context
 def serve(ctx: click.Context, config: str | None, host: str, port: int, workers: int, log_level: str | None) -> None:
     """Start the gateway."""
-    import logging
-
     import uvicorn
 
+    from ..logs import setup_logging
     from ..store.db import make_engine
     from ..store.migrate import migrate
 
@@ -81,7 +80,8 @@ def serve(ctx: click.Context, config: str | None, host: str, port: int, workers:
     if ctx.obj["config"]:
         os.environ["STEPPLAN_CONFIG"] = os.path.abspath(ctx.obj["config"])
     level = (log_level or settings.log_level).lower()
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    os.environ["STEPPLAN_LOG_LEVEL"] = level
+    setup_logging(level)
 
     async def prepare() -> None:
         engine = make_engine(settings.database_url)
