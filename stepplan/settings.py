@@ -29,7 +29,7 @@ class UpstreamConfig:
     idle_timeout: float = 120.0
     total_timeout: float = 1800.0
     max_retries: int = 2
-    max_connections: int = 1000
+    max_connections: int = 10_000  # pooled connections to this upstream (open streams hold one each)
     headers: dict[str, str] = field(default_factory=dict)
     # The upstream wants earlier reasoning sent back on assistant turns (DeepSeek thinking mode).
     replay_reasoning: bool = True

@@ -41,6 +41,18 @@ def run_db(ctx: click.Context, fn: Callable[[Any], Awaitable[T]]) -> T:
     return asyncio.run(go())
 
 
+def raise_fd_limit() -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+
+
 def fail(message: str) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
@@ -88,6 +100,7 @@ def serve(ctx: click.Context, config: str | None, host: str, port: int, workers:
         await migrate(engine)
         await engine.dispose()
 
+    raise_fd_limit()  # every open stream holds two sockets: the client's and the upstream's
     asyncio.run(prepare())  # migrate once, before any worker starts
     click.echo(f"stepplan listening on http://{host}:{port} (workers={workers}, db={settings.database_url})",
                err=True)
