@@ -154,7 +154,9 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Sta
         await auth.start()
         meter = build_meter(settings, sessions)
         await meter.start()
-        gateway = Gateway(settings, auth, EngineRegistry(settings), meter, Signer(secret),
+        engines = EngineRegistry(settings)
+        engines.preload()  # an in-process model starts loading in the background
+        gateway = Gateway(settings, auth, engines, meter, Signer(secret),
                           Router(settings.catalog, settings.router))
         app.state.gateway = gateway
         app.state.sessions = sessions

@@ -158,8 +158,21 @@ class LlamaRuntime:
         self._thread: threading.Thread | None = None
         self._llm: Any = None
         self._formatter: Any = None
+        self._preload = False
 
     # ------------------------------------------------------------------ queueing
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=f"stepplan-local-{self.name}", daemon=True)
+            self._thread.start()
+
+    def preload(self) -> None:
+        """Load and warm the model on the worker thread now instead of on the first request."""
+        with self._cond:
+            if self._thread is None and not self._closed:
+                self._preload = True
+                self._start()
+
     def submit(self, job: Job) -> None:
         with self._cond:
             if self._closed:
@@ -168,9 +181,7 @@ class LlamaRuntime:
                 raise Overloaded(f"the local model is busy: {MAX_WAITING} requests are already waiting; "
                                  "retry shortly", headers={"retry-after": "1"})
             self._pending.append(job)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=f"stepplan-local-{self.name}", daemon=True)
-                self._thread.start()
+            self._start()
             self._cond.notify()
 
     def close(self, timeout: float = 10.0) -> None:
@@ -185,11 +196,13 @@ class LlamaRuntime:
         for job in pending:
             job.cancel.set()
             job.emit(Overloaded("the local model is shutting down; retry shortly"))
-        if thread is not None and thread is not threading.current_thread():
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
             thread.join(timeout)
 
     def _run(self) -> None:
         try:
+            if self._preload:
+                self._warm_up()
             while True:
                 with self._cond:
                     while not self._pending and not self._closed:
@@ -215,6 +228,19 @@ class LlamaRuntime:
                 self._llm = None
 
     # ------------------------------------------------------------------ the model
+    def _warm_up(self) -> None:
+        """Load the model and run one decode: the first decode of a process pays for
+        buffer set-up (about 0.6 s here), which would otherwise land on a client."""
+        try:
+            llm = self._model()
+            tokens = llm.tokenize(b"Hello", add_bos=False)
+            gen = llm.generate(tokens, temp=0.0)
+            next(gen)
+            gen.close()
+        except Exception as exc:  # requests will report it; the server keeps running
+            msg = exc.message if isinstance(exc, GatewayError) else f"{exc.__class__.__name__}: {exc}"
+            log.warning("local model %s could not be preloaded: %s", self.name, msg)
+
     def _model(self) -> Any:
         if self._llm is None:
             try:

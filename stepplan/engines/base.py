@@ -83,6 +83,22 @@ class EngineRegistry:
             engine = self.engines[up.name] = self.factories[up.protocol](up)
         return engine
 
+    def preload(self) -> None:
+        """Let engines that run a model in process (``local``) start loading it in the
+        background, for every upstream some model is served by. Never blocks or raises."""
+        used = {self.settings.default_upstream}
+        used |= {m.upstream for m in self.settings.catalog.models.values() if m.upstream}
+        for name in sorted(used):
+            up = self.settings.upstreams[name]
+            if up.protocol != "local":
+                continue
+            engine = self.engines.get(name)
+            if engine is None:
+                engine = self.engines[name] = self.factories[up.protocol](up)
+            start = getattr(engine, "preload", None)
+            if start is not None:
+                start()
+
     async def aclose(self) -> None:
         for engine in self.engines.values():
             await engine.aclose()

@@ -10,12 +10,13 @@ other chat GGUF. See :mod:`._llama` for the threading model and
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import uuid
 from collections.abc import AsyncIterator
 
 from ..catalog import ModelSpec
-from ..errors import UpstreamTimeout
+from ..errors import GatewayError, UpstreamTimeout
 from ..protocols.canonical import (
     Block,
     Event,
@@ -34,6 +35,8 @@ from ..settings import UpstreamConfig
 from . import _llama
 from ._local_prompt import chat_messages, response_schema, tool_plan
 from .base import CallContext
+
+log = logging.getLogger("stepplan.local")
 
 
 def sampling(req: Request) -> _llama.Sampling:
@@ -62,6 +65,14 @@ class LocalEngine:
         if self._runtime is None:
             self._runtime = _llama.acquire(self.cfg)
         return self._runtime
+
+    def preload(self) -> None:
+        """Start loading the model in the background (called at server start-up). A
+        missing install is only logged here: requests report it as a 502."""
+        try:
+            self.runtime().preload()
+        except GatewayError as exc:
+            log.warning("upstream %s: %s", self.name, exc.message)
 
     @property
     def model_name(self) -> str:

@@ -70,6 +70,14 @@ def client(local_gw: Gateway) -> openai.OpenAI:
                          max_retries=0)
 
 
+def test_the_model_is_loaded_at_start_up_before_any_request(local_gw: Gateway) -> None:
+    # Both local upstreams serve some model, so both start loading in the background.
+    deadline = time.time() + 60
+    while not all(f"local model {name} loaded" in local_gw.log_text() for name in ("local", "tiny")):
+        assert time.time() < deadline, local_gw.log_text()
+        time.sleep(0.1)
+
+
 def ask(client: openai.OpenAI, text: str, **kw):
     return client.chat.completions.create(model=kw.pop("model", "step-3.5-flash"),
                                           messages=[{"role": "user", "content": text}], **kw)

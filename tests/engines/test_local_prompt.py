@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from stepplan.engines._llama import StopScanner, resolve_model_path
@@ -137,3 +139,30 @@ def test_missing_package_is_a_clear_upstream_error(monkeypatch) -> None:
     with pytest.raises(UpstreamError, match=r"pip install 'stepplan\[local\]'") as exc:
         resolve_model_path(UpstreamConfig(name="local", protocol="local"))
     assert exc.value.status == 502
+
+
+async def test_the_queue_is_bounded_and_close_fails_waiting_requests() -> None:
+    import asyncio
+
+    from stepplan.engines import _llama
+    from stepplan.errors import Overloaded
+
+    rt = _llama.LlamaRuntime(UpstreamConfig(name="local", protocol="local"), "/nonexistent.gguf")
+    rt._thread = threading.Thread(target=lambda: None)  # a worker that never picks anything up
+    loop = asyncio.get_running_loop()
+
+    def job() -> _llama.Job:
+        s = _llama.Sampling(None, 0.2, 0.95, 40, 0.0, 0.0, None, [])
+        return _llama.Job([], [{"role": "user", "content": "hi"}], s, None, None, loop, asyncio.Queue())
+
+    waiting = [job() for _ in range(_llama.MAX_WAITING)]
+    for j in waiting:
+        rt.submit(j)
+    with pytest.raises(Overloaded, match="busy"):
+        rt.submit(job())
+    rt.close()
+    for j in waiting:
+        assert j.cancel.is_set()
+        assert isinstance(await asyncio.wait_for(j.out.get(), 1), Overloaded)
+    with pytest.raises(Overloaded, match="shutting down"):
+        rt.submit(job())
