@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -36,3 +47,152 @@ class ApiKey(Base):
     revoked_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
     __table_args__ = (Index("ix_api_keys_hash", "hash"),)
+
+
+# ---------------------------------------------------------------------------------------------- billing
+# Credit amounts are micro-credits (1 Credit = 10^6), money is fen (¥0.01); both integers.
+class BillingAccount(Base):
+    """One row per account that has billing state: locked first by every change to the
+    account's subscriptions and credit pots, so those changes never interleave."""
+
+    __tablename__ = "billing_accounts"
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class Subscription(Base):
+    __tablename__ = "subscriptions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    plan: Mapped[str] = mapped_column(String(64))
+    period: Mapped[str] = mapped_column(String(16))  # monthly | quarterly | yearly
+    price_fen: Mapped[int] = mapped_column(BigInteger)  # what this term cost
+    term_start: Mapped[int] = mapped_column(BigInteger)
+    term_end: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))  # active | upgraded | ended | cancelled
+    pending_plan: Mapped[str | None] = mapped_column(String(64), nullable=True)  # downgrade at next cycle
+    auto_renew: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    ended_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class CreditPot(Base):
+    """A bounded amount of credit: a monthly pool, a top-up pack, or a window limit.
+
+    ``used`` is what settled calls consumed (equal to the sum of its ``usage_charges``);
+    ``leased`` is what gateway processes hold for calls in flight (equal to the sum of its
+    ``credit_leases``). ``used + leased <= total`` is enforced by every write.
+    """
+
+    __tablename__ = "credit_pots"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    kind: Mapped[str] = mapped_column(String(16))  # subscription | topup | window_5h | window_week
+    subscription_id: Mapped[int | None] = mapped_column(ForeignKey("subscriptions.id"), nullable=True)
+    cycle: Mapped[int | None] = mapped_column(Integer, nullable=True)  # cycle / window index in the term
+    source: Mapped[str] = mapped_column(String(64))  # plan or pack id
+    total: Mapped[int] = mapped_column(BigInteger)
+    used: Mapped[int] = mapped_column(BigInteger, default=0)
+    leased: Mapped[int] = mapped_column(BigInteger, default=0)
+    starts_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        UniqueConstraint("subscription_id", "kind", "cycle", name="uq_credit_pots_cycle"),
+        CheckConstraint("used >= 0 AND leased >= 0 AND used + leased <= total", name="ck_credit_pots_bounds"),
+        Index("ix_credit_pots_account_expiry", "account_id", "expires_at"),
+    )
+
+
+class MeterOwner(Base):
+    """A live gateway process that may hold leases; reaped when it dies."""
+
+    __tablename__ = "meter_owners"
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    pid_start: Mapped[str] = mapped_column(String(32))  # process start time, guards against pid reuse
+    started_at: Mapped[int] = mapped_column(BigInteger)
+    heartbeat_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class CreditLease(Base):
+    __tablename__ = "credit_leases"
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)
+    pot_id: Mapped[int] = mapped_column(ForeignKey("credit_pots.id"), primary_key=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        CheckConstraint("amount >= 0", name="ck_credit_leases_amount"),
+        Index("ix_credit_leases_pot", "pot_id"),
+    )
+
+
+class UsageEntry(Base):
+    """The append-only usage ledger: one row per metered call, keyed by request id."""
+
+    __tablename__ = "usage_entries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(80), unique=True)
+    owner: Mapped[str] = mapped_column(String(64))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    key_id: Mapped[int] = mapped_column(Integer)
+    requested_model: Mapped[str] = mapped_column(String(128))
+    served_model: Mapped[str] = mapped_column(String(128))
+    input_tokens: Mapped[int] = mapped_column(BigInteger)  # uncached input
+    cache_read_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)  # includes reasoning
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger)
+    usage_known: Mapped[bool] = mapped_column(Boolean)  # False: counted locally
+    rate_input: Mapped[int] = mapped_column(BigInteger)  # micro-credits per token
+    rate_cache: Mapped[int] = mapped_column(BigInteger)
+    rate_output: Mapped[int] = mapped_column(BigInteger)
+    cost: Mapped[int] = mapped_column(BigInteger)  # exact price of the usage
+    charged: Mapped[int] = mapped_column(BigInteger)  # taken from credit pots
+    uncollected: Mapped[int] = mapped_column(BigInteger)  # cost - charged (credit ran out)
+    reserved: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(24))
+    route_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    first_byte_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    total_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    started_at: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        CheckConstraint("charged >= 0 AND uncollected >= 0 AND charged + uncollected = cost",
+                        name="ck_usage_entries_amounts"),
+        Index("ix_usage_entries_account_time", "account_id", "created_at"),
+    )
+
+
+class UsageCharge(Base):
+    """Which pots one ledger entry was charged to, and how much each."""
+
+    __tablename__ = "usage_charges"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(80), index=True)
+    pot_id: Mapped[int] = mapped_column(ForeignKey("credit_pots.id"), index=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (CheckConstraint("amount > 0", name="ck_usage_charges_amount"),)
+
+
+class BillingEvent(Base):
+    """Money and credit-issue events: subscriptions, renewals, upgrades, downgrades, top-ups,
+    monthly issues and closures. Together with the usage ledger it explains every pot."""
+
+    __tablename__ = "billing_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(24))
+    subscription_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    pot_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    plan: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    amount_fen: Mapped[int] = mapped_column(BigInteger, default=0)
+    credits: Mapped[int] = mapped_column(BigInteger, default=0)  # micro-credits issued (issue events)
+    detail: Mapped[str] = mapped_column(Text, default="{}")
+    created_at: Mapped[int] = mapped_column(BigInteger)

@@ -1,0 +1,549 @@
+"""The credit meter: reserve before a call, settle exactly once after it.
+
+How it stays exact, never overdrawn and fast (design-notes §2):
+
+* **Leases.** A process leases a slice of a pot's credit with one guarded UPDATE
+  (``leased = leased + x WHERE total - used - leased >= x``) and reserves calls
+  against it in memory. The database never lets leases exceed what is left, so any
+  number of processes sharing a database cannot overdraw together.
+* **Group commit.** ``settle`` computes the exact charge in memory, enqueues the ledger
+  entry and returns a future; a writer task commits queued entries in batches (one
+  transaction per batch: entries, pot charges, lease-to-used conversion). The pipeline
+  awaits the future before it sends a call's last byte, so a finished call's charge is
+  always durable; a client that went away is billed without anyone waiting.
+* **Crash recovery.** Each process registers an owner row and heartbeats. Leases of a
+  dead owner (its pid is gone on this host, or its heartbeat is older than the TTL)
+  are returned to their pots at start-up and by a periodic sweep. Charges are
+  converted from lease to ``used`` in the same transaction that writes the entry, so
+  reaping never double-counts. A reservation that is never settled (a bug) is settled
+  as ``abandoned`` after ``abandon_after_seconds``.
+* **Idempotent.** A reservation settles once (``Reservation.settled``); ledger entries
+  are unique by request id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from ..catalog import ModelSpec
+from ..errors import NoSubscription, Overloaded, QuotaExceeded
+from ..protocols.canonical import Request, Usage
+from ..store import billing as store
+from ..store import ledger
+from ..store.accounts import KeyInfo
+from .clock import Clock, iso
+from .limits import LocalLimiter, RedisLimiter
+from .meter import Outcome, Reservation
+from .plans import BillingConfig
+from .pricing import PriceBook, Rates, credits_str
+from .state import AccountState, Holds, Pot, Settlement
+
+log = logging.getLogger("stepplan.billing")
+
+HEADER_REMAINING = "x-stepplan-credit-remaining"
+NO_SUBSCRIPTION = ("you have no active step plan subscription; subscribe to a plan first "
+                   "(administrator: stepplan subscribe ACCOUNT --plan flash-mini|flash-plus|flash-pro|flash-max)")
+
+
+@dataclass(slots=True)
+class _Pending:
+    entry: dict[str, Any]
+    st: Settlement
+    fut: asyncio.Future[None]
+
+
+def reservation_amount(rates: Rates, input_tokens: int, max_output: int, cap: int) -> int:
+    """The hold for a call: input estimate × input rate + max output × output rate, capped."""
+    return min(cap, max(0, input_tokens) * rates.input + max(0, max_output) * rates.output)
+
+
+class CreditMeter:
+    def __init__(self, settings: Any, sessions: Any, *, clock: Clock | None = None):
+        self.settings = settings
+        self.sessions = sessions
+        self.cfg = BillingConfig.from_raw(settings.billing)
+        self.prices = PriceBook(settings.catalog)
+        self.clock = clock or Clock.from_env()
+        self.owner = uuid.uuid4().hex
+        self.limiter: LocalLimiter | RedisLimiter = (RedisLimiter(settings.redis_url, self.owner)
+                                                     if settings.redis_url else LocalLimiter())
+        self._accounts: dict[int, AccountState] = {}
+        self._queue: list[_Pending] = []
+        self._wake = asyncio.Event()
+        self._inflight: dict[str, Reservation] = {}
+        self._writer: asyncio.Task[None] | None = None
+        self._maint: asyncio.Task[None] | None = None
+        self._late: set[asyncio.Task[None]] = set()
+        self._closing = False
+        self._closed = False
+        self._epoch = ""
+        self.stats = {"batches": 0, "entries": 0, "leases": 0, "returns": 0, "reaped": 0, "direct": 0}
+
+    # ================================================================== life cycle
+    async def start(self) -> None:
+        async with self.sessions() as s:
+            await ledger.register_owner(s, self.owner, int(time.time()))
+            self._epoch = await store.read_billing_epoch(s)
+            await s.commit()
+        await self.sweep()  # leases of processes that died before we started
+        self._writer = asyncio.create_task(self._write_loop(), name="credit-writer")
+        self._maint = asyncio.create_task(self._maintain_loop(), name="credit-maintenance")
+
+    async def stop(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._maint is not None:
+            self._maint.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maint
+        if self._writer is not None:
+            try:
+                await asyncio.wait_for(self._writer, 30)
+            except TimeoutError:
+                log.error("credit writer did not drain in 30 s; %d ledger entries not written", len(self._queue))
+        for acct in self._accounts.values():
+            acct.dead = True  # anything settling after this goes straight to the database
+        self._accounts.clear()
+        self._closed = True
+        try:
+            async with self.sessions() as s:
+                await ledger.release_all(s, self.owner)
+                await s.commit()
+        except SQLAlchemyError:
+            log.exception("could not return leases at shut-down; the next sweep will")
+        await self.limiter.aclose()
+        if self._late:
+            await asyncio.gather(*self._late, return_exceptions=True)
+
+    # ================================================================== reserve
+    async def reserve(self, key: KeyInfo, spec: ModelSpec, req: Request, request_id: str,
+                      input_tokens: int) -> Reservation:
+        now = self.clock.now()
+        try:
+            acct = await self._account(key.account_id, now)
+        except SQLAlchemyError as exc:
+            log.exception("credit metering: database error loading account %s", key.account_id)
+            raise Overloaded("credit metering is temporarily unavailable; retry shortly",
+                             headers={"retry-after": "1"}) from exc
+        if acct.plan is None:
+            raise NoSubscription(NO_SUBSCRIPTION)
+        rates = self.prices.rates(spec.id, now)
+        max_out = req.max_tokens if req.max_tokens is not None else min(spec.max_output,
+                                                                         self.cfg.reserve_output_tokens)
+        amount = reservation_amount(rates, input_tokens, max_out, self.cfg.reserve_cap)
+        plan = acct.plan
+        await self.limiter.enter(acct.account_id, plan.concurrency, plan.rpm)
+        try:
+            holds = acct.take(amount, now, time.monotonic())
+            if holds is None:
+                acct, holds = await self._reserve_slow(acct, amount, now)
+        except BaseException:
+            self.limiter.leave(key.account_id)
+            raise
+        res = Reservation(request_id, key, req.model, amount, time.monotonic(),
+                          {"acct": acct, "holds": holds, "at": now, "spec": spec})
+        self._inflight[request_id] = res
+        return res
+
+    async def _reserve_slow(self, acct: AccountState, amount: int, now: int) -> tuple[AccountState, Holds]:
+        """Lease more from the database (one coroutine per account at a time), then hold."""
+        try:
+            for attempt in range(3):
+                if acct.dead:
+                    acct = await self._account(acct.account_id, now)
+                async with acct.lock:
+                    if acct.dead:
+                        continue
+                    if acct.stale:
+                        await self._load(acct, now)
+                    if acct.plan is None:
+                        raise NoSubscription(NO_SUBSCRIPTION)
+                    holds = acct.take(amount, now, time.monotonic())
+                    if holds is None:
+                        await self._lease(acct, amount, now)
+                        holds = acct.take(amount, now, time.monotonic())
+                    if holds is not None:
+                        return acct, holds
+                    if attempt > 0:
+                        break
+                    await self._load(acct, now)  # maybe a top-up or a new cycle we have not seen yet
+        except SQLAlchemyError as exc:
+            log.exception("credit metering: database error leasing for account %s", acct.account_id)
+            raise Overloaded("credit metering is temporarily unavailable; retry shortly",
+                             headers={"retry-after": "1"}) from exc
+        raise self._quota_error(acct, amount, now)
+
+    def _quota_error(self, acct: AccountState, amount: int, now: int) -> QuotaExceeded:
+        for w in acct.windows:
+            if w.live(now) and w.total - w.used < amount:
+                label = "5-hour" if w.kind == "window_5h" else "weekly"
+                return QuotaExceeded(
+                    f"the plan's {label} credit limit is used up until {iso(w.expires_at)}; wait for the window "
+                    "to reset, or upgrade the plan",
+                    headers={"retry-after": str(max(1, w.expires_at - now))})
+        left = acct.remaining(now)
+        return QuotaExceeded(
+            f"your Step Plan credit is used up: this call needs up to {credits_str(amount)} credits and "
+            f"{credits_str(left)} are left this cycle; buy a top-up pack or upgrade the plan to continue",
+            headers={HEADER_REMAINING: credits_str(left)})
+
+    async def _lease(self, acct: AccountState, amount: int, now: int) -> None:
+        credit_deficit, window_deficits = acct.deficits(amount, now)
+        for pot in list(acct.credit):
+            if credit_deficit <= 0:
+                break
+            if pot.live(now):
+                credit_deficit -= await self._acquire(acct, pot, credit_deficit, now)
+        for w, deficit in window_deficits:
+            await self._acquire(acct, w, deficit, now)
+
+    async def _acquire(self, acct: AccountState, pot: Pot, need: int, now: int) -> int:
+        """Lease at least ``need`` (plus slack when there is room) from one pot; returns what was leased."""
+        slack = min(self.cfg.lease_max, max(self.cfg.lease_min, pot.leased))
+        want = need + slack
+        owner = self.owner
+        for _ in range(6):
+            async with self.sessions() as s:
+                row = await ledger.try_lease(s, owner, pot.id, want, now)
+                if row is not None:
+                    await s.commit()
+                    self.stats["leases"] += 1
+                    if acct.dead or owner != self.owner:
+                        return 0  # reaped meanwhile: that lease is an orphan the sweep returns
+                    pot.leased += want
+                    pot.total, pot.used = row.total, max(pot.used, row.used)
+                    return want
+                await s.rollback()
+                cur = await ledger.read_pot(s, pot.id)
+            if cur is None or cur.expires_at <= now or cur.free <= 0:
+                if cur is not None:
+                    pot.used = max(pot.used, cur.used)
+                return 0
+            pot.used = max(pot.used, cur.used)
+            got = min(need, cur.free)
+            want = got + min(slack, (cur.free - got) // 2)
+        return 0
+
+    # ================================================================== accounts
+    async def _account(self, account_id: int, now: int) -> AccountState:
+        acct = self._accounts.get(account_id)
+        if acct is not None and not acct.stale and not acct.dead and now < acct.valid_until:
+            return acct
+        if acct is None or acct.dead:
+            acct = self._accounts[account_id] = AccountState(account_id, stale=True)
+        async with acct.lock:
+            if acct.stale or now >= acct.valid_until:
+                await self._load(acct, now)
+        return acct
+
+    async def _load(self, acct: AccountState, now: int) -> None:
+        sub, pots = await store.refresh_account(self.sessions, self.cfg, acct.account_id, now)
+        plan = None
+        if sub is not None:
+            try:
+                plan = self.cfg.plan(sub.plan)
+            except ValueError:
+                log.error("account %s is subscribed to plan %r, which is not configured", acct.account_id, sub.plan)
+        horizon = sub.term_end if sub is not None else now + 5
+        rows = [(p.id, p.kind, p.expires_at, p.total, p.used) for p in pots]
+        acct.update(plan, sub.id if sub is not None else None, rows, now, horizon)
+
+    # ================================================================== settle
+    def settle(self, res: Reservation, outcome: Outcome) -> Awaitable[None]:
+        loop = asyncio.get_running_loop()
+        if res.settled:
+            prior = res.data.get("fut")
+            if isinstance(prior, asyncio.Future):
+                return prior
+            done: asyncio.Future[None] = loop.create_future()
+            done.set_result(None)
+            return done
+        res.settled = True
+        fut: asyncio.Future[None] = loop.create_future()
+        res.data["fut"] = fut
+        self._inflight.pop(res.request_id, None)
+        d = res.data
+        acct: AccountState = d["acct"]  # type: ignore[assignment]
+        holds: Holds = d["holds"]  # type: ignore[assignment]
+        started: int = d["at"]  # type: ignore[assignment]
+        now = self.clock.now()
+        u = outcome.usage
+        rates = self.prices.rates(outcome.served.id, started)
+        cost = rates.cost(u)
+        st = acct.settle(holds, cost, now, time.monotonic())
+        self.limiter.leave(acct.account_id)
+        entry = {
+            "request_id": res.request_id, "owner": self.owner, "account_id": res.key.account_id,
+            "key_id": res.key.key_id, "requested_model": res.requested_model[:128],
+            "served_model": outcome.served.id[:128], "input_tokens": max(0, u.input),
+            "cache_read_tokens": max(0, u.cache_read), "cache_write_tokens": max(0, u.cache_write),
+            "output_tokens": max(0, u.output), "reasoning_tokens": max(0, u.reasoning), "usage_known": u.known,
+            "rate_input": rates.input, "rate_cache": rates.cache, "rate_output": rates.output, "cost": cost,
+            "charged": st.charge, "uncollected": cost - st.charge, "reserved": res.amount,
+            "status": outcome.status[:24], "route_score": outcome.route_score,
+            "first_byte_ms": outcome.first_byte_ms, "total_ms": outcome.total_ms, "started_at": started,
+            "created_at": now,
+        }
+        if cost > st.charge and not st.direct:
+            log.warning("request %s: cost %d exceeds what the account could cover; %d micro-credits uncollected",
+                        res.request_id, cost, cost - st.charge)
+        self._queue.append(_Pending(entry, st, fut))
+        if self._closed:  # after shut-down: write it on its own
+            task = loop.create_task(self._drain())
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
+        else:
+            self._wake.set()
+        return fut
+
+    def headers(self, res: Reservation) -> dict[str, str]:
+        acct = res.data.get("acct")
+        if not isinstance(acct, AccountState):
+            return {}
+        return {HEADER_REMAINING: credits_str(acct.remaining(self.clock.now()))}
+
+    # ================================================================== group commit
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self.cfg.commit_interval > 0 and not self._closing:
+                await asyncio.sleep(self.cfg.commit_interval)
+            await self._drain()
+            if self._closing and not self._queue:
+                return
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch = self._queue[:self.cfg.max_batch]
+            del self._queue[:self.cfg.max_batch]
+            await self._flush(batch)
+
+    async def _flush(self, batch: list[_Pending]) -> None:
+        """Write one batch durably; retries transient errors until it is written."""
+        delay = 0.01
+        direct = [p for p in batch if p.st.direct]
+        pending = [p for p in batch if not p.st.direct]
+        while pending:
+            entries, charges, converted = self._batch_rows(pending)
+            try:
+                async with self.sessions() as s:
+                    await ledger.write_batch(s, self.owner, entries, charges, converted, int(time.time()))
+                    await s.commit()
+                self.stats["batches"] += 1
+                self.stats["entries"] += len(pending)
+                break
+            except ledger.LeaseLost as exc:
+                log.error("lease on pot %s is gone (this process was reaped); settling directly", exc.pot_id)
+                await self._on_reaped()
+                for p in pending:
+                    p.st.to_direct()
+                direct += pending
+                pending = []
+            except IntegrityError:
+                pending, more_direct = await self._resolve_conflicts(pending)
+                direct += more_direct
+            except (SQLAlchemyError, OSError) as exc:
+                log.warning("ledger write failed (%s: %s); retrying in %.2fs", type(exc).__name__, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(1.0, delay * 2)
+        for p in direct:
+            await self._write_direct(p)
+        for p in batch:
+            if not p.fut.done():
+                p.fut.set_result(None)
+
+    def _batch_rows(self, pending: list[_Pending]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[int, int]]:
+        entries: list[dict[str, Any]] = []
+        charges: list[dict[str, Any]] = []
+        converted: dict[int, int] = defaultdict(int)
+        for p in pending:
+            entries.append(p.entry)
+            rid = p.entry["request_id"]
+            for pot_id, x in (*p.st.credit, *p.st.windows):
+                charges.append({"request_id": rid, "pot_id": pot_id, "amount": x})
+                converted[pot_id] += x
+        return entries, charges, converted
+
+    async def _resolve_conflicts(self, pending: list[_Pending]) -> tuple[list[_Pending], list[_Pending]]:
+        """An integrity error: drop entries already in the ledger (a repeated settlement), give
+        a colliding request id from another process a suffix, or fall back to direct writes."""
+        async with self.sessions() as s:
+            existing = await ledger.existing_requests(s, [p.entry["request_id"] for p in pending])
+        if not existing:
+            log.error("ledger batch violated a constraint without a duplicate id; settling each call directly")
+            for p in pending:
+                p.st.to_direct()
+            return [], pending
+        keep: list[_Pending] = []
+        for p in pending:
+            rid = p.entry["request_id"]
+            if rid not in existing:
+                keep.append(p)
+            elif existing[rid] == p.entry["owner"]:
+                log.warning("request %s was already settled; ignoring the repeat", rid)
+                p.fut.set_result(None)
+            else:
+                p.entry["request_id"] = f"{rid}~{self.owner[:8]}"
+                keep.append(p)
+        return keep, []
+
+    async def _write_direct(self, p: _Pending) -> None:
+        """Charge without a lease (this process's leases were reclaimed): take what pots have free."""
+        self.stats["direct"] += 1
+        e, st = p.entry, p.st
+        delay = 0.01
+        for _ in range(200):
+            try:
+                async with self.sessions() as s:
+                    rows: list[dict[str, Any]] = []
+                    left = e["cost"]
+                    for pot_id in st.direct_credit:
+                        took = await ledger.charge_direct(s, pot_id, left)
+                        if took:
+                            rows.append({"request_id": e["request_id"], "pot_id": pot_id, "amount": took})
+                            left -= took
+                    charged = e["cost"] - left
+                    for pot_id in st.direct_windows:
+                        took = await ledger.charge_direct(s, pot_id, charged)
+                        if took:
+                            rows.append({"request_id": e["request_id"], "pot_id": pot_id, "amount": took})
+                    await ledger.write_entry(s, {**e, "charged": charged, "uncollected": left}, rows)
+                    await s.commit()
+                return
+            except IntegrityError:
+                async with self.sessions() as s:
+                    existing = await ledger.existing_requests(s, [e["request_id"]])
+                if existing.get(e["request_id"]) == e["owner"]:
+                    return
+                e["request_id"] = f"{e['request_id']}~{self.owner[:8]}"
+            except (SQLAlchemyError, OSError) as exc:
+                log.warning("direct ledger write failed (%s); retrying", type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(1.0, delay * 2)
+        log.error("could not write ledger entry %s", e["request_id"])
+
+    # ================================================================== maintenance
+    async def _maintain_loop(self) -> None:
+        last_beat = last_sweep = last_epoch = time.monotonic()
+        while True:
+            await asyncio.sleep(0.1)
+            mono = time.monotonic()
+            try:
+                if mono - last_epoch >= self.cfg.epoch_poll_seconds:
+                    last_epoch = mono
+                    await self._poll_epoch()
+                if mono - last_beat >= self.cfg.heartbeat_seconds:
+                    last_beat = mono
+                    await self._heartbeat()
+                await self._return_idle(mono)
+                if mono - last_sweep >= self.cfg.sweep_seconds:
+                    last_sweep = mono
+                    await self.sweep()
+                    self._abandon(mono)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the database may be briefly unavailable; try again next tick
+                log.exception("credit maintenance failed")
+
+    async def _poll_epoch(self) -> None:
+        async with self.sessions() as s:
+            epoch = await store.read_billing_epoch(s)
+        if epoch != self._epoch:
+            self._epoch = epoch
+            for acct in self._accounts.values():
+                acct.stale = True
+
+    async def _heartbeat(self) -> None:
+        async with self.sessions() as s:
+            alive = await ledger.heartbeat(s, self.owner, int(time.time()))
+            await s.commit()
+        if not alive:
+            log.error("this process was declared dead by another (missed heartbeats); re-registering")
+            await self._on_reaped()
+
+    async def _on_reaped(self) -> None:
+        """Our leases were returned by someone else: forget them and start a new owner."""
+        self.stats["reaped"] += 1
+        for acct in self._accounts.values():
+            acct.dead = True
+        self._accounts = {}
+        self.owner = uuid.uuid4().hex
+        self.limiter.set_owner(self.owner)
+        async with self.sessions() as s:
+            await ledger.register_owner(s, self.owner, int(time.time()))
+            await s.commit()
+
+    async def _return_idle(self, mono: float) -> None:
+        now = self.clock.now()
+        for acct in list(self._accounts.values()):
+            if not acct.lock.locked() and all(p.leased <= 0 and not p.held for p in acct.pots.values()) and (
+                    mono - max((p.last_active for p in acct.pots.values()), default=0.0) > 60):
+                self._accounts.pop(acct.account_id, None)  # idle: forget it, reload on next use
+                continue
+            for pot in list(acct.pots.values()):
+                if pot.held or pot.leased <= 0:
+                    if not pot.live(now) and not pot.held and pot.leased <= 0:
+                        acct.pots.pop(pot.id, None)
+                    continue
+                if pot.live(now) and mono - pot.last_active < self.cfg.lease_idle_seconds:
+                    continue
+                amount = pot.leased
+                pot.leased = 0
+                owner = self.owner
+                try:
+                    async with self.sessions() as s:
+                        await ledger.return_lease(s, owner, pot.id, amount, now)
+                        await s.commit()
+                    self.stats["returns"] += 1
+                except ledger.LeaseLost:
+                    await self._on_reaped()
+                    return
+                except BaseException:
+                    pot.leased += amount
+                    raise
+
+    async def sweep(self) -> int:
+        """Return the leases of dead processes to their pots; returns how many owners were reaped."""
+        wall = int(time.time())
+        host = ledger.host_id()
+        reaped = 0
+        async with self.sessions() as s:
+            owners = await ledger.list_owners(s)
+            orphans = await ledger.orphan_lease_owners(s)
+        targets: list[tuple[str, int | None]] = []
+        for o in owners:
+            if o.owner != self.owner and ledger.owner_is_dead(o, wall, self.cfg.owner_ttl_seconds, host):
+                same_host_dead = o.host == host and not ledger.pid_alive(o.pid, o.pid_start)
+                targets.append((o.owner, None if same_host_dead else wall - int(self.cfg.owner_ttl_seconds)))
+        targets += [(o, None) for o in orphans if o != self.owner]
+        for owner, stale_before in targets:
+            async with self.sessions() as s:
+                freed = await ledger.reap(s, owner, stale_before=stale_before)
+                await s.commit()
+            log.warning("reclaimed %d micro-credits of leases from dead gateway process %s", freed, owner[:12])
+            await self.limiter.forget_owner(owner)
+            reaped += 1
+        return reaped
+
+    def _abandon(self, mono: float) -> None:
+        """Settle reservations nobody settled (a bug elsewhere) so their credit is not stuck."""
+        limit = self.cfg.abandon_after_seconds
+        for res in [r for r in self._inflight.values() if mono - r.started > limit]:
+            spec = res.data.get("spec")
+            if isinstance(spec, ModelSpec):
+                log.error("request %s was never settled; settling it as abandoned", res.request_id)
+                self.settle(res, Outcome(served=spec, usage=Usage(), status="abandoned"))
+
+
+__all__ = ["HEADER_REMAINING", "CreditMeter", "reservation_amount"]

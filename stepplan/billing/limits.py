@@ -1,0 +1,154 @@
+"""Per-account rate limits from the plan: calls in flight (concurrency) and calls per minute.
+
+The plan's "priority rate" (spec §5.1: Flash Plus and above) is a larger allowance.
+Without Redis each process enforces the limits on its own traffic. With Redis
+(``STEPPLAN_REDIS_URL``) the counters are shared by every replica:
+
+* concurrency: a hash per account, one field per gateway process (``owner``), summed by
+  a Lua script that admits a call only if the total stays within the limit; a dead
+  process's field is deleted when its leases are reaped, so a crash leaks nothing;
+* calls per minute: a counter per account per wall-clock minute (expires after 2 minutes).
+
+A rejected call does not count. The database remains the source of truth for credit;
+Redis only holds these short-lived counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from ..errors import RateLimited
+
+log = logging.getLogger("stepplan.billing")
+
+CONC_KEY = "stepplan:conc:{}"
+RPM_KEY = "stepplan:rpm:{}:{}"
+
+_ENTER = """
+local conc_key, rpm_key = KEYS[1], KEYS[2]
+local owner, conc_limit, rpm_limit = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+if rpm_limit > 0 then
+  local n = tonumber(redis.call('GET', rpm_key) or '0')
+  if n >= rpm_limit then return 2 end
+end
+if conc_limit > 0 then
+  local total = 0
+  for _, v in ipairs(redis.call('HVALS', conc_key)) do total = total + tonumber(v) end
+  if total >= conc_limit then return 1 end
+end
+redis.call('HINCRBY', conc_key, owner, 1)
+if rpm_limit > 0 then
+  redis.call('INCR', rpm_key)
+  redis.call('EXPIRE', rpm_key, 120)
+end
+return 0
+"""
+
+
+def _too_many(reason: int, concurrency: int, rpm: int) -> RateLimited:
+    if reason == 1:
+        return RateLimited(f"too many calls in flight for this account (plan limit {concurrency}); "
+                           "retry when one finishes, or upgrade the plan for a higher priority rate",
+                           headers={"retry-after": "1"})
+    wait = 60 - int(time.time()) % 60
+    return RateLimited(f"too many calls this minute for this account (plan limit {rpm} per minute); "
+                       "retry shortly, or upgrade the plan for a higher priority rate",
+                       headers={"retry-after": str(max(1, wait))})
+
+
+class LocalLimiter:
+    def __init__(self) -> None:
+        self.inflight: dict[int, int] = {}
+        self.minute: dict[int, tuple[int, int]] = {}
+
+    async def enter(self, account_id: int, concurrency: int, rpm: int) -> None:
+        if rpm > 0:
+            m = int(time.time()) // 60
+            cur_m, n = self.minute.get(account_id, (m, 0))
+            if cur_m != m:
+                n = 0
+            if n >= rpm:
+                raise _too_many(2, concurrency, rpm)
+        if concurrency > 0 and self.inflight.get(account_id, 0) >= concurrency:
+            raise _too_many(1, concurrency, rpm)
+        if rpm > 0:
+            self.minute[account_id] = (int(time.time()) // 60, n + 1)
+        self.inflight[account_id] = self.inflight.get(account_id, 0) + 1
+
+    def leave(self, account_id: int) -> None:
+        n = self.inflight.get(account_id, 0) - 1
+        if n > 0:
+            self.inflight[account_id] = n
+        else:
+            self.inflight.pop(account_id, None)
+
+    def set_owner(self, owner: str) -> None:
+        return None
+
+    async def forget_owner(self, owner: str) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+class RedisLimiter:
+    def __init__(self, url: str, owner: str):
+        import redis.asyncio as aioredis
+
+        self.redis: Any = aioredis.from_url(url)
+        self.owner = owner
+        self._enter = self.redis.register_script(_ENTER)
+        self._pending: dict[int, int] = {}  # account → releases not yet sent
+        self._flusher: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    async def enter(self, account_id: int, concurrency: int, rpm: int) -> None:
+        if concurrency <= 0 and rpm <= 0:
+            return
+        minute = int(time.time()) // 60
+        reason = await self._enter(keys=[CONC_KEY.format(account_id), RPM_KEY.format(account_id, minute)],
+                                   args=[self.owner, concurrency, rpm])
+        if int(reason):
+            raise _too_many(int(reason), concurrency, rpm)
+
+    def leave(self, account_id: int) -> None:
+        """Synchronous: releases are batched and sent by a background flusher."""
+        self._pending[account_id] = self._pending.get(account_id, 0) + 1
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        self._wake.set()
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, {}
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                for account_id, n in batch.items():
+                    pipe.hincrby(CONC_KEY.format(account_id), self.owner, -n)
+                await pipe.execute()
+            except Exception:  # Redis down: keep the releases and try again
+                log.exception("redis: could not release concurrency slots; retrying")
+                for k, v in batch.items():
+                    self._pending[k] = self._pending.get(k, 0) + v
+                await asyncio.sleep(0.5)
+
+    def set_owner(self, owner: str) -> None:
+        self.owner = owner
+
+    async def forget_owner(self, owner: str) -> None:
+        """Drop a dead process's concurrency counts."""
+        async for key in self.redis.scan_iter(match=CONC_KEY.format("*"), count=500):
+            await self.redis.hdel(key, owner)
+
+    async def aclose(self) -> None:
+        if self._flusher is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._flusher, 5)
+        with contextlib.suppress(Exception):
+            await self.forget_owner(self.owner)
+        await self.redis.aclose()

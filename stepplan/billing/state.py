@@ -1,0 +1,184 @@
+"""A process's in-memory view of one account: its pots, its leases and its holds.
+
+Reservations never touch the database on the fast path. A process leases a slice of a
+pot (``Pot.leased``, backed by a ``credit_leases`` row) and reserves calls against that
+slice in memory (``Pot.held``). The database never lets leases exceed what a pot has
+left, so however many processes reserve at once, holds ≤ leases ≤ credit.
+
+Settlement turns part of a lease into ``used``: the charge is the call's exact cost,
+capped by what this process can still cover (its released hold plus spare lease on the
+account's pots), so a charge can never exceed credit that exists. Any part of the cost
+that could not be covered is recorded as ``uncollected`` on the ledger entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from .plans import Plan
+
+CREDIT_KINDS = frozenset({"subscription", "topup"})
+
+
+@dataclass(slots=True, eq=False)
+class Pot:
+    id: int
+    kind: str
+    expires_at: int
+    total: int
+    used: int  # last known from the database, plus this process's charges since
+    leased: int = 0  # what this process holds on the pot (its credit_leases row)
+    held: int = 0  # reserved by calls in flight here
+    last_active: float = 0.0  # monotonic time of the last hold or settlement
+
+    @property
+    def free(self) -> int:
+        """Leased here and not held by any call."""
+        return self.leased - self.held
+
+    @property
+    def credit(self) -> bool:
+        return self.kind in CREDIT_KINDS
+
+    def live(self, now: int) -> bool:
+        return self.expires_at > now
+
+
+@dataclass(slots=True)
+class Holds:
+    credit: list[tuple[Pot, int]] = field(default_factory=list)
+    windows: list[tuple[Pot, int]] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(a for _, a in self.credit)
+
+
+@dataclass(slots=True)
+class Settlement:
+    cost: int
+    charge: int
+    credit: list[tuple[int, int]]  # (pot id, micro-credits) in deduction order
+    windows: list[tuple[int, int]]
+    # Set when this process's leases were reclaimed: charge these pots without a lease.
+    direct: bool = False
+    direct_credit: list[int] = field(default_factory=list)
+    direct_windows: list[int] = field(default_factory=list)
+
+    def to_direct(self) -> None:
+        self.direct_credit = [pot_id for pot_id, _ in self.credit]
+        self.direct_windows = [pot_id for pot_id, _ in self.windows]
+        self.direct, self.charge, self.credit, self.windows = True, 0, [], []
+
+
+@dataclass(slots=True, eq=False)
+class AccountState:
+    account_id: int
+    plan: Plan | None = None
+    subscription_id: int | None = None
+    valid_until: int = 0  # reload at or after this time (cycle end, an expiry, a window end)
+    pots: dict[int, Pot] = field(default_factory=dict)  # every pot this process knows (live or retired)
+    credit: list[Pot] = field(default_factory=list)  # live credit pots, earliest expiry first
+    windows: list[Pot] = field(default_factory=list)  # live window limits
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    stale: bool = False
+    dead: bool = False  # this process was reaped: its leases are gone, settle directly
+
+    def update(self, plan: Plan | None, subscription_id: int | None, rows: list[tuple[int, str, int, int, int]],
+               now: int, horizon: int) -> None:
+        """Merge a fresh read of the live pots (id, kind, expires_at, total, used), keeping leases and holds."""
+        self.plan, self.subscription_id = plan, subscription_id
+        live: list[Pot] = []
+        for pot_id, kind, expires_at, total, used in rows:
+            pot = self.pots.get(pot_id)
+            if pot is None:
+                pot = self.pots[pot_id] = Pot(pot_id, kind, expires_at, total, used)
+            else:
+                pot.expires_at, pot.total, pot.used = expires_at, total, max(pot.used, used)
+            if expires_at > now:
+                live.append(pot)
+        live.sort(key=lambda p: (p.expires_at, p.id))
+        self.credit = [p for p in live if p.credit]
+        self.windows = [p for p in live if not p.credit]
+        ends = [p.expires_at for p in live]
+        self.valid_until = min([horizon, *ends]) if ends else horizon
+        self.stale = False
+
+    # ------------------------------------------------------------------ reservations
+    def deficits(self, amount: int, now: int) -> tuple[int, list[tuple[Pot, int]]]:
+        """How much more must be leased: for credit overall, and for each window."""
+        credit = amount - sum(p.free for p in self.credit if p.live(now))
+        windows = [(w, amount - w.free) for w in self.windows if w.live(now) and w.free < amount]
+        return max(0, credit), windows
+
+    def take(self, amount: int, now: int, mono: float) -> Holds | None:
+        """Hold ``amount`` against this process's leases, earliest expiry first; all or nothing."""
+        live = [p for p in self.credit if p.live(now)]
+        if sum(p.free for p in live if p.free > 0) < amount:
+            return None
+        windows = [w for w in self.windows if w.live(now)]
+        if any(w.free < amount for w in windows):
+            return None
+        holds = Holds()
+        left = amount
+        for p in live:
+            if left <= 0:
+                break
+            x = min(p.free, left)
+            if x > 0:
+                p.held += x
+                p.last_active = mono
+                holds.credit.append((p, x))
+                left -= x
+        for w in windows:
+            w.held += amount
+            w.last_active = mono
+            holds.windows.append((w, amount))
+        return holds
+
+    def release(self, holds: Holds) -> None:
+        for p, x in holds.credit:
+            p.held -= x
+        for w, x in holds.windows:
+            w.held -= x
+        holds.credit.clear()
+        holds.windows.clear()
+
+    def settle(self, holds: Holds, cost: int, now: int, mono: float) -> Settlement:
+        """Release a call's holds and charge its exact cost (capped by what can be covered)."""
+        held_pots = [p for p, _ in holds.credit]
+        windows = [w for w, _ in holds.windows]
+        self.release(holds)
+        if self.dead:
+            order = sorted({*held_pots, *self.credit}, key=lambda p: (p.expires_at, p.id))
+            return Settlement(cost, 0, [], [], True, [p.id for p in order], [w.id for w in windows])
+        candidates = sorted({*held_pots, *(p for p in self.credit if p.live(now))}, key=lambda p: (p.expires_at, p.id))
+        charge = min(cost, sum(max(0, p.free) for p in candidates))
+        for w in windows:
+            charge = min(charge, max(0, w.free))
+        credit: list[tuple[int, int]] = []
+        left = charge
+        for p in candidates:
+            if left <= 0:
+                break
+            x = min(max(0, p.free), left)
+            if x:
+                p.leased -= x
+                p.used += x
+                p.last_active = mono
+                credit.append((p.id, x))
+                left -= x
+        assert left == 0, "charge exceeded what the leases cover"
+        win: list[tuple[int, int]] = []
+        if charge:
+            for w in windows:
+                w.leased -= charge
+                w.used += charge
+                w.last_active = mono
+                win.append((w.id, charge))
+        return Settlement(cost, charge, credit, win)
+
+    def remaining(self, now: int) -> int:
+        """Credit left as this process knows it: residual of live pots minus calls in flight here."""
+        return max(0, sum(p.total - p.used - p.held for p in self.credit if p.live(now)))

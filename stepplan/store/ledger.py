@@ -1,0 +1,261 @@
+"""The metering writes: owners, leases and the usage ledger.
+
+Invariants every statement here keeps (and ``stepplan ledger check`` verifies):
+
+* ``pot.used + pot.leased <= pot.total`` (also a CHECK constraint);
+* ``pot.leased`` = the sum of the pot's ``credit_leases`` rows;
+* ``pot.used`` = the sum of the pot's ``usage_charges`` rows.
+
+Lock order, to rule out deadlocks (pitfall 25): a transaction touches the owner row
+first, then pots in ascending id order, then lease rows in ascending pot order. The
+first statement of every write transaction is a write, so on SQLite it takes the write
+lock at once (no read-then-upgrade ``SQLITE_BUSY``).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .billing import upsert
+from .models import CreditLease, CreditPot, MeterOwner, UsageCharge, UsageEntry
+
+LEASES = CreditLease.__table__
+
+
+class LeaseLost(Exception):
+    """This process's lease on a pot is gone (it was reaped as dead)."""
+
+    def __init__(self, pot_id: int):
+        super().__init__(f"lease on pot {pot_id} was reclaimed")
+        self.pot_id = pot_id
+
+
+# ------------------------------------------------------------------------------------------------ owners
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        return "noboot"
+
+
+def host_id() -> str:
+    return f"{socket.gethostname()}/{_boot_id()}"[:255]
+
+
+def pid_start(pid: int) -> str:
+    """The process's start time since boot (clock ticks); '' when unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def pid_alive(pid: int, start: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    now = pid_start(pid)
+    return not (start and now and now != start)
+
+
+def owner_is_dead(row: Any, now: int, ttl: float, host: str) -> bool:
+    """Dead: on this host and its process is gone, or its heartbeat is older than ``ttl``."""
+    if row.host == host and not pid_alive(row.pid, row.pid_start):
+        return True
+    return now - row.heartbeat_at > ttl
+
+
+async def register_owner(s: AsyncSession, owner: str, now: int) -> None:
+    pid = os.getpid()
+    s.add(MeterOwner(owner=owner, host=host_id(), pid=pid, pid_start=pid_start(pid), started_at=now,
+                     heartbeat_at=now))
+
+
+async def heartbeat(s: AsyncSession, owner: str, now: int) -> bool:
+    """False when this owner was reaped (declared dead) by another process."""
+    res = await s.execute(update(MeterOwner).where(MeterOwner.owner == owner).values(heartbeat_at=now))
+    return bool(res.rowcount)
+
+
+async def list_owners(s: AsyncSession) -> list[Any]:
+    return list((await s.execute(select(MeterOwner))).scalars())
+
+
+async def orphan_lease_owners(s: AsyncSession) -> list[str]:
+    """Owners that hold leases but have no owner row (reaped, then leased again)."""
+    q = (select(CreditLease.owner).distinct()
+         .where(CreditLease.owner.not_in(select(MeterOwner.owner))))
+    return list((await s.execute(q)).scalars())
+
+
+async def reap(s: AsyncSession, owner: str, *, stale_before: int | None) -> int:
+    """Return every lease of a dead ``owner`` to its pot; returns the micro-credits freed.
+
+    ``stale_before``: only reap if the owner's heartbeat is still older than this (it may
+    have come back); ``None`` reaps unconditionally (its process is known to be gone).
+    """
+    q = delete(MeterOwner).where(MeterOwner.owner == owner)
+    if stale_before is not None:
+        q = q.where(MeterOwner.heartbeat_at < stale_before)
+    res = await s.execute(q)
+    if not res.rowcount and stale_before is not None:
+        exists = (await s.execute(select(MeterOwner.owner).where(MeterOwner.owner == owner))).first()
+        if exists:
+            return 0  # it heartbeated in the meantime: alive after all
+    pot_ids = sorted((await s.execute(select(CreditLease.pot_id).where(CreditLease.owner == owner))).scalars())
+    if not pot_ids:
+        return 0
+    if s.get_bind().dialect.name == "postgresql":
+        await s.execute(select(CreditPot.id).where(CreditPot.id.in_(pot_ids)).order_by(CreditPot.id)
+                        .with_for_update())
+    rows = (await s.execute(delete(CreditLease).where(CreditLease.owner == owner)
+                            .returning(CreditLease.pot_id, CreditLease.amount))).all()
+    freed = 0
+    for pot_id, amount in sorted(rows):
+        if amount:
+            await s.execute(update(CreditPot).where(CreditPot.id == pot_id)
+                            .values(leased=CreditPot.leased - amount))
+            freed += amount
+    return freed
+
+
+# ------------------------------------------------------------------------------------------------ leases
+@dataclass(slots=True)
+class PotRow:
+    total: int
+    used: int
+    leased: int
+    expires_at: int
+
+    @property
+    def free(self) -> int:
+        return self.total - self.used - self.leased
+
+
+async def read_pot(s: AsyncSession, pot_id: int) -> PotRow | None:
+    row = (await s.execute(select(CreditPot.total, CreditPot.used, CreditPot.leased, CreditPot.expires_at)
+                           .where(CreditPot.id == pot_id))).first()
+    return PotRow(*row) if row else None
+
+
+async def try_lease(s: AsyncSession, owner: str, pot_id: int, amount: int, now: int) -> PotRow | None:
+    """Atomically lease ``amount`` from a live pot if that much is free; the pot's new
+    state on success, None (nothing changed) otherwise. Caller commits."""
+    q = (update(CreditPot)
+         .where(CreditPot.id == pot_id, CreditPot.expires_at > now,
+                CreditPot.total - CreditPot.used - CreditPot.leased >= amount)
+         .values(leased=CreditPot.leased + amount)
+         .returning(CreditPot.total, CreditPot.used, CreditPot.leased, CreditPot.expires_at))
+    row = (await s.execute(q)).first()
+    if row is None:
+        return None
+    await s.execute(upsert(s, LEASES, {"owner": owner, "pot_id": pot_id, "amount": amount, "updated_at": now},
+                           ["owner", "pot_id"], {"amount": LEASES.c.amount + amount, "updated_at": now}))
+    return PotRow(*row)
+
+
+async def return_lease(s: AsyncSession, owner: str, pot_id: int, amount: int, now: int) -> None:
+    """Give ``amount`` of a lease back to its pot. Raises LeaseLost if we no longer hold it."""
+    await s.execute(update(CreditPot).where(CreditPot.id == pot_id).values(leased=CreditPot.leased - amount))
+    res = await s.execute(update(CreditLease)
+                          .where(CreditLease.owner == owner, CreditLease.pot_id == pot_id,
+                                 CreditLease.amount >= amount)
+                          .values(amount=CreditLease.amount - amount, updated_at=now))
+    if res.rowcount != 1:
+        raise LeaseLost(pot_id)
+    await s.execute(delete(CreditLease).where(CreditLease.owner == owner, CreditLease.pot_id == pot_id,
+                                              CreditLease.amount == 0))
+
+
+async def release_all(s: AsyncSession, owner: str) -> int:
+    """Graceful shut-down: return every lease and remove the owner row."""
+    return await reap(s, owner, stale_before=None)
+
+
+# ------------------------------------------------------------------------------------------------ ledger
+async def write_batch(s: AsyncSession, owner: str, entries: Sequence[dict[str, Any]],
+                      charges: Sequence[dict[str, Any]], converted: dict[int, int], now: int) -> None:
+    """One group commit: ledger entries, their pot charges, and the lease-to-used conversion.
+
+    ``converted`` maps pot id → micro-credits moved from this owner's lease to ``used``.
+    Raises LeaseLost (caller rolls back) when a lease no longer covers its conversion.
+    """
+    if entries:
+        await s.execute(insert(UsageEntry), list(entries))
+    if charges:
+        await s.execute(insert(UsageCharge), list(charges))
+    for pot_id in sorted(converted):
+        amount = converted[pot_id]
+        await s.execute(update(CreditPot).where(CreditPot.id == pot_id)
+                        .values(used=CreditPot.used + amount, leased=CreditPot.leased - amount))
+    for pot_id in sorted(converted):
+        amount = converted[pot_id]
+        res = await s.execute(update(CreditLease)
+                              .where(CreditLease.owner == owner, CreditLease.pot_id == pot_id,
+                                     CreditLease.amount >= amount)
+                              .values(amount=CreditLease.amount - amount, updated_at=now))
+        if res.rowcount != 1:
+            raise LeaseLost(pot_id)
+
+
+async def charge_direct(s: AsyncSession, pot_id: int, want: int) -> int:
+    """Charge up to ``want`` from a pot's free credit (no lease); returns what was taken.
+
+    Used only for calls whose lease was reclaimed while they ran. The first statement is
+    a guarded write, so the read that follows a miss happens under the write lock.
+    """
+    if want <= 0:
+        return 0
+    res = await s.execute(update(CreditPot).where(CreditPot.id == pot_id,
+                                                  CreditPot.total - CreditPot.used - CreditPot.leased >= want)
+                          .values(used=CreditPot.used + want))
+    if res.rowcount:
+        return want
+    q = select(CreditPot.total, CreditPot.used, CreditPot.leased).where(CreditPot.id == pot_id)
+    if s.get_bind().dialect.name == "postgresql":
+        q = q.with_for_update()
+    row = (await s.execute(q)).first()
+    if row is None:
+        return 0
+    take = max(0, min(want, row[0] - row[1] - row[2]))
+    if take:
+        await s.execute(update(CreditPot).where(CreditPot.id == pot_id).values(used=CreditPot.used + take))
+    return take
+
+
+async def write_entry(s: AsyncSession, entry: dict[str, Any], charges: Sequence[dict[str, Any]]) -> None:
+    await s.execute(insert(UsageEntry), [entry])
+    if charges:
+        await s.execute(insert(UsageCharge), list(charges))
+
+
+async def existing_requests(s: AsyncSession, request_ids: Iterable[str]) -> dict[str, str]:
+    """request id → owner for ids already in the ledger."""
+    ids = list(request_ids)
+    out: dict[str, str] = {}
+    for i in range(0, len(ids), 500):
+        q = select(UsageEntry.request_id, UsageEntry.owner).where(UsageEntry.request_id.in_(ids[i:i + 500]))
+        out.update({r: o for r, o in (await s.execute(q)).all()})
+    return out
+
+
+async def pots_of(s: AsyncSession, pot_ids: Iterable[int]) -> dict[int, PotRow]:
+    ids = sorted(set(pot_ids))
+    if not ids:
+        return {}
+    q = select(CreditPot.id, CreditPot.total, CreditPot.used, CreditPot.leased, CreditPot.expires_at).where(
+        CreditPot.id.in_(ids))
+    return {r[0]: PotRow(*r[1:]) for r in (await s.execute(q)).all()}
+
