@@ -25,6 +25,9 @@ class GatewayError(Exception):
     status = 500
     code = "internal_error"
     anthropic_type = "api_error"
+    # True for upstream failures another engine may recover from before the first byte
+    # (connect errors, timeouts, 429 and 5xx answers): the router's fallback uses it.
+    fallback_ok = False
 
     def __init__(self, message: str, *, param: str | None = None, headers: dict[str, str] | None = None):
         super().__init__(message)
@@ -111,6 +114,7 @@ class UpstreamError(GatewayError):
     status = 502
     code = "upstream_error"
     anthropic_type = "api_error"
+    fallback_ok = True  # connect errors, broken streams, timeouts
 
     def __init__(self, message: str, *, upstream_status: int | None = None, retry_after: float | None = None,
                  **kw: Any):
@@ -132,15 +136,19 @@ class Overloaded(GatewayError):
 
 def upstream_error_for_status(status: int, message: str, retry_after: float | None = None) -> GatewayError:
     """Map an upstream HTTP failure to what our caller should see."""
+    err: GatewayError
     if status in (400, 422):
         return InvalidRequest(f"upstream rejected the request: {message}")
     if status == 429:
-        return RateLimited(f"upstream rate limit: {message}", headers=_retry_headers(retry_after))
-    if status == 504:
-        return UpstreamTimeout(f"upstream timed out: {message}", upstream_status=status)
-    if status in (503, 529):  # 529: Anthropic-protocol upstreams' "overloaded"
-        return Overloaded(f"upstream overloaded: {message}", headers=_retry_headers(retry_after))
-    return UpstreamError(f"upstream error {status}: {message}", upstream_status=status, retry_after=retry_after)
+        err = RateLimited(f"upstream rate limit: {message}", headers=_retry_headers(retry_after))
+    elif status == 504:
+        err = UpstreamTimeout(f"upstream timed out: {message}", upstream_status=status)
+    elif status in (503, 529):  # 529: Anthropic-protocol upstreams' "overloaded"
+        err = Overloaded(f"upstream overloaded: {message}", headers=_retry_headers(retry_after))
+    else:
+        err = UpstreamError(f"upstream error {status}: {message}", upstream_status=status, retry_after=retry_after)
+    err.fallback_ok = status == 429 or status >= 500
+    return err
 
 
 def _retry_headers(retry_after: float | None) -> dict[str, str]:

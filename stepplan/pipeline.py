@@ -17,7 +17,7 @@ from .auth import Authenticator
 from .billing.meter import Meter, Outcome, Reservation
 from .catalog import Catalog, ModelSpec
 from .engines.base import CallContext, EngineRegistry
-from .errors import GatewayError, InvalidRequest, UnsupportedContent, UpstreamError
+from .errors import GatewayError, InvalidRequest, UnsupportedContent
 from .protocols.canonical import (
     Audio,
     Document,
@@ -133,8 +133,10 @@ class Call:
                 t = time.perf_counter()
                 try:
                     resp = await engine.complete(self.req, spec, self._ctx())
-                except UpstreamError as exc:
+                except GatewayError as exc:
                     self.upstream_s += time.perf_counter() - t
+                    if not exc.fallback_ok:
+                        raise
                     last = exc
                     log.warning("trace=%s engine=%s failed: %s", self.trace_id, spec.id, exc.message)
                     continue
@@ -191,7 +193,10 @@ class Call:
                             status = "ok"
                         yield ev
                     break
-                except UpstreamError as exc:
+                except GatewayError as exc:
+                    if not exc.fallback_ok:
+                        status = "upstream_error"
+                        raise
                     # Before the first byte another engine may take over; after it, the error goes out.
                     if first is None:
                         self.upstream_s += time.perf_counter() - t
