@@ -22,6 +22,12 @@ upstream = "fake_anthropic"
 
 [models."step-3.7-flash"]
 upstream = "fake_anthropic"
+
+[billing.plans.tiny]
+monthly_credits = 1
+prices = { monthly = "1" }
+concurrency = 0
+rpm = 0
 """
 
 

@@ -345,6 +345,22 @@ def test_402_or_no_subscription_when_billing_is_on(gateway: Gateway) -> None:
     assert err.value.body["error"]["type"] in ("invalid_request_error", "billing_error")
 
 
+def test_402_quota_exceeded(agw: Gateway) -> None:
+    if not billing_enabled(agw):
+        pytest.skip("billing is not configured on this gateway")
+    c = anthropic.Anthropic(base_url=agw.anthropic_base, api_key=agw.new_key("anthropic-poor", plan="tiny"),
+                            max_retries=0)
+    for stream in (False, True):
+        with pytest.raises(anthropic.PaymentRequiredError) as err:
+            if stream:
+                with c.messages.stream(model="step-3.5-flash", max_tokens=20_000, messages=USER) as s:
+                    s.get_final_message()
+            else:
+                c.messages.create(model="step-3.5-flash", max_tokens=20_000, messages=USER)
+        assert err.value.body["error"]["type"] == "billing_error"
+        assert "quota_exceeded" in err.value.body["error"]["message"]
+
+
 def test_anthropic_upstream_plain_reply(aclient: anthropic.Anthropic, fake: FakeUpstream) -> None:
     fake.queue_json(anthropic_message("from claude-compatible", usage={
         "input_tokens": 20, "output_tokens": 3, "cache_read_input_tokens": 100,
