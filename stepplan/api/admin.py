@@ -14,6 +14,7 @@ not exist. Errors use the OpenAI error shape.
     POST   /admin/v1/accounts/{name}/topups        {"pack"}
     GET    /admin/v1/accounts/{name}/usage?from=&to=&model=
     GET    /admin/v1/ledger/check
+    GET    /admin/v1/ledger/entries?account=NAME&limit=100   (newest first)
 """
 
 from __future__ import annotations
@@ -220,6 +221,38 @@ async def ledger_check(request: HTTPRequest) -> Response:
     return JSONResponse(report.as_dict())
 
 
+async def ledger_entries(request: HTTPRequest) -> Response:
+    _guard(request)
+    from sqlalchemy import select
+
+    from ..store.models import UsageCharge, UsageEntry
+
+    qp = request.query_params
+    raw_limit = qp.get("limit", "100")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 10_000:
+        raise InvalidRequest("'limit' must be a number from 1 to 10000", param="limit")
+    async with request.app.state.sessions() as s:
+        q = select(UsageEntry).order_by(UsageEntry.id.desc()).limit(int(raw_limit))
+        if qp.get("account"):
+            q = q.where(UsageEntry.account_id == (await _account(s, qp["account"])).id)
+        entries = list((await s.execute(q)).scalars())
+        ids = [e.request_id for e in entries]
+        charges: dict[str, list[dict[str, Any]]] = {}
+        if ids:
+            rows = await s.execute(select(UsageCharge).where(UsageCharge.request_id.in_(ids)).order_by(UsageCharge.id))
+            for c in rows.scalars():
+                charges.setdefault(c.request_id, []).append({"bucket_id": c.pot_id, "micro": str(c.amount)})
+    cols = [c.name for c in UsageEntry.__table__.columns]
+    data = []
+    for e in entries:
+        row = {c: getattr(e, c) for c in cols}
+        for c in ("cost", "charged", "uncollected", "reserved", "rate_input", "rate_cache", "rate_output"):
+            row[c] = str(row[c])  # micro-credit integers can exceed JSON's safe integer range
+        row["charges"] = charges.get(e.request_id, [])
+        data.append(row)
+    return JSONResponse({"data": data})
+
+
 async def not_found(request: HTTPRequest) -> Response:
     _guard(request)
     raise NotFound(f"no route for {request.method} {request.url.path}")
@@ -236,5 +269,6 @@ ROUTES: list = [
     ("/admin/v1/keys", keys, ["GET"]),
     ("/admin/v1/keys/{key_id}", key, ["DELETE"]),
     ("/admin/v1/ledger/check", ledger_check, ["GET"]),
+    ("/admin/v1/ledger/entries", ledger_entries, ["GET"]),
     ("/admin/v1/{rest:path}", not_found, ["GET", "POST", "PUT", "PATCH", "DELETE"]),
 ]

@@ -77,6 +77,10 @@ class Admin:
     def consumed(self, name: str, **params: Any) -> int:
         return int(self.usage(name, **params)["usage"]["credit_consumed_micro"])
 
+    def entries(self, name: str, limit: int = 1000) -> list[dict[str, Any]]:
+        """The account's ledger entries, newest first."""
+        return self._ok(self.http.get("/admin/v1/ledger/entries", params={"account": name, "limit": limit}))["data"]
+
     def check(self) -> dict[str, Any]:
         return self._ok(self.http.get("/admin/v1/ledger/check"))
 
