@@ -73,7 +73,7 @@ async def _sse(call: Call, events: AsyncIterator[Event], first: Event, model: st
         await events.aclose()  # type: ignore[attr-defined]
     if call.settlement is not None:
         await call.settlement  # the ledger entry is durable before the stream ends
-    yield enc.end()
+    yield enc.end(call.usage)
 
 
 async def list_models(request: HTTPRequest) -> Response:

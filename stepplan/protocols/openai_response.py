@@ -240,11 +240,13 @@ class StreamEncoder:
             return b""
         return b""
 
-    def end(self) -> bytes:
+    def end(self, billed: Usage | None = None) -> bytes:
+        """The usage chunk (when asked for) and ``[DONE]``. ``billed`` is the usage the call was
+        charged for: the upstream's, or a local count when the upstream reported none."""
         tail = b""
         if self.include_usage:
-            tail = (self.prefix + b'"choices":[],"usage":' + orjson.dumps(usage_to_openai(self.usage or Usage()))
-                    + b"}\n\n")
+            usage = billed or self.usage or Usage()
+            tail = self.prefix + b'"choices":[],"usage":' + orjson.dumps(usage_to_openai(usage)) + b"}\n\n"
         return tail + DONE
 
     @staticmethod
