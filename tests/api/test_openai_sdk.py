@@ -436,3 +436,11 @@ def test_revoked_key_stops_working_without_restart(gateway: Gateway) -> None:
     time.sleep(0.6)  # one auth-epoch poll interval (0.25 s) and then some
     with pytest.raises(openai.AuthenticationError):
         c.chat.completions.create(model="step-3.5-flash", messages=msgs())
+
+
+def test_stream_without_upstream_usage_reports_local_count(client: openai.OpenAI, fake: FakeUpstream) -> None:
+    fake.queue_sse(openai_text_stream("counted locally because the upstream sent no usage", usage=None))
+    chunks = list(client.chat.completions.create(model="step-3.5-flash", messages=msgs("count me"), stream=True,
+                                                 stream_options={"include_usage": True}))
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens > 5 and usage.prompt_tokens > 0
