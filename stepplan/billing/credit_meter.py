@@ -381,7 +381,9 @@ class CreditMeter:
         async with self.sessions() as s:
             existing = await ledger.existing_requests(s, [p.entry["request_id"] for p in pending])
         if not existing:
+            # A lease no longer covers its conversion: most likely this process was reaped as dead.
             log.error("ledger batch violated a constraint without a duplicate id; settling each call directly")
+            await self._heartbeat()  # re-registers under a new owner if we were reaped
             for p in pending:
                 p.st.to_direct()
             return [], pending

@@ -58,7 +58,7 @@ _PLAN_KEYS = {"name", "monthly_credits", "prices", "concurrency", "rpm", "priori
 _PACK_KEYS = {"name", "credits", "price", "days"}
 
 
-def fen(price: Any, where: str) -> int:
+def fen(price: Any, where: str = "price") -> int:
     """CNY as an exact decimal string → integer fen."""
     try:
         d = Decimal(str(price).strip()) * 100
