@@ -52,6 +52,17 @@ def stream_once(client: openai.OpenAI, tokens: int) -> dict[str, float]:
             "tok_s": (n - 1) / (last - first) if last > first else 0.0}
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of the server process and its children (uvicorn workers)."""
+    pids = [pid, *(int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split())]
+    total = 0
+    for p in pids:
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1])
+    return round(total / 1024, 1)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
@@ -96,6 +107,7 @@ def main() -> None:
             "ttft_ms_max": round(max(r["ttft_ms"] for r in warm), 1),
             "tok_s_p50": round(statistics.median(r["tok_s"] for r in warm), 1),
             "total_s_p50": round(statistics.median(r["total_s"] for r in warm), 2),
+            "server_rss_mb": rss_mb(proc.pid),
             "load_average": os.getloadavg(),
         }
         print(json.dumps(result, indent=2))

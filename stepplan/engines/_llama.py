@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import contextlib
 import importlib.util
+import io
 import json
 import logging
 import os
@@ -49,6 +51,9 @@ DEFAULT_TOP_K = 40
 MIN_P = 0.05
 REPEAT_PENALTY = 1.1
 TURN_OVERHEAD = 4  # template tokens around one turn, for the first truncation estimate
+# The prompt is evaluated in chunks of this many tokens so that a cancelled request stops
+# between chunks: on CPU, prompt evaluation is not much faster per token than generation.
+PREFILL_CHUNK = 128
 
 
 def resolve_model_path(cfg: UpstreamConfig) -> str:
@@ -249,8 +254,7 @@ class LlamaRuntime:
                 raise UpstreamError(f"{NOT_INSTALLED} ({exc})") from exc
             t0 = time.perf_counter()
             try:
-                llm = llama_cpp.Llama(model_path=self.path, n_ctx=self.n_ctx, n_threads=self.n_threads,
-                                      verbose=False)
+                llm = _load_quietly(llama_cpp, model_path=self.path, n_ctx=self.n_ctx, n_threads=self.n_threads)
             except (ValueError, RuntimeError, OSError) as exc:
                 raise UpstreamError(f"cannot load the local model {self.path}: {exc}") from exc
             self.load_seconds = time.perf_counter() - t0
@@ -322,6 +326,8 @@ class LlamaRuntime:
                 grammar = LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
             except Exception:  # a schema the converter cannot express: still force valid JSON
                 grammar = LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+        if not self._prefill(llm, prompt, job):
+            return
         vocab = llm._model.vocab
         llm.set_seed(s.seed if s.seed is not None else random.getrandbits(31))
         scanner = StopScanner([] if schema is not None else s.stop, [] if schema is not None else template_stops)
@@ -361,6 +367,54 @@ class LlamaRuntime:
         reason = out.close(reason)
         job.emit(UsageUpdate(Usage(input=len(prompt), output=n, known=True)))
         job.emit(Finish(reason, matched))
+
+
+    def _prefill(self, llm: Any, prompt: list[int], job: Job) -> bool:
+        """Evaluate the prompt (except its tail) chunk by chunk; False if cancelled.
+
+        Each chunk goes through ``Llama.generate`` so that llama.cpp's own KV-cache prefix
+        reuse applies: a prompt that extends the previous one (the next turn of the same
+        conversation) only evaluates the new tokens.
+        """
+        deadline = time.monotonic() + self.total_timeout
+        for end in range(PREFILL_CHUNK, len(prompt), PREFILL_CHUNK):
+            if job.cancel.is_set():
+                return False
+            if time.monotonic() > deadline:
+                raise UpstreamTimeout(f"the local model ran past total_timeout={self.total_timeout:g}s")
+            gen = llm.generate(prompt[:end], temp=0.0)
+            next(gen)  # evaluates prompt[:end]; the sampled token is discarded
+            gen.close()
+        return not job.cancel.is_set()
+
+
+_LOAD_LOCK = threading.Lock()
+
+
+def _load_quietly(llama_cpp: Any, **kw: Any) -> Any:
+    """``Llama(...)`` without its chatter and without touching the process's stderr.
+
+    ``verbose=False`` silences llama.cpp by ``dup2``-ing /dev/null over file descriptors
+    1 and 2 while loading. That is process-wide and not thread-safe: every other
+    thread's output is lost meanwhile, and two loads at once left stderr pointing at
+    /dev/null for good (the gateway's log went silent). So load with ``verbose=True``,
+    one load at a time, with Python-level output captured (it goes to the debug log),
+    then turn verbosity off: llama.cpp's native log callback prints only errors at the
+    ``ERROR`` level of the ``llama-cpp-python`` logger.
+    """
+    buf = io.StringIO()
+    try:
+        with _LOAD_LOCK, contextlib.redirect_stderr(buf), contextlib.redirect_stdout(buf):
+            try:
+                llm = llama_cpp.Llama(verbose=True, **kw)
+            finally:
+                logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+    except Exception:
+        log.warning("llama.cpp output while loading:\n%s", buf.getvalue()[-2000:])
+        raise
+    llm.verbose = False
+    log.debug("llama.cpp output while loading:\n%s", buf.getvalue())
+    return llm
 
 
 def _make_formatter(llm: Any) -> Any:

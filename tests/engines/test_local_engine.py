@@ -76,6 +76,16 @@ def test_the_model_is_loaded_at_start_up_before_any_request(local_gw: Gateway) -
     while not all(f"local model {name} loaded" in local_gw.log_text() for name in ("local", "tiny")):
         assert time.time() < deadline, local_gw.log_text()
         time.sleep(0.1)
+    # Loading two models at once must not silence the process's stderr (llama.cpp's
+    # verbose=False swaps file descriptors process-wide): later calls are still logged.
+    r = httpx.post(f"{local_gw.openai_base}/chat/completions", timeout=120,
+                   headers={"authorization": f"Bearer {local_gw.new_key('log-check')}"},
+                   json={"model": "step-3.5-flash", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 200, r.text
+    trace = r.headers["x-trace-id"]
+    while trace not in local_gw.log_text():
+        assert time.time() < deadline + 10, local_gw.log_text()
+        time.sleep(0.1)
 
 
 def ask(client: openai.OpenAI, text: str, **kw):
