@@ -234,11 +234,12 @@ class LlamaRuntime:
 
     # ------------------------------------------------------------------ the model
     def _warm_up(self) -> None:
-        """Load the model and run one decode: the first decode of a process pays for
-        buffer set-up (about 0.6 s here), which would otherwise land on a client."""
+        """Load the model and run one small batch: the first multi-token decode of a
+        process pays one-time set-up costs (0.3-1.8 s of CPU on a 2-core test box),
+        which would otherwise land on the first client."""
         try:
             llm = self._model()
-            tokens = llm.tokenize(b"Hello", add_bos=False)
+            tokens = llm.tokenize(b"Hello! Please say hello back to me in one short sentence.", add_bos=False)
             gen = llm.generate(tokens, temp=0.0)
             next(gen)
             gen.close()
