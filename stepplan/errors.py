@@ -13,7 +13,8 @@
     ├── RateLimited                   429 rate_limit_exceeded        rate_limit_error
     ├── UpstreamError                 502 upstream_error             api_error
     │   └── UpstreamTimeout           504 upstream_timeout           api_error
-    └── Overloaded                    503 server_overloaded          overloaded_error
+    ├── Overloaded                    503 server_overloaded          overloaded_error
+    └── ClientClosed                  499 client_closed_request      api_error
 """
 
 from __future__ import annotations
@@ -126,6 +127,14 @@ class UpstreamError(GatewayError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"
+
+
+class ClientClosed(GatewayError):
+    """The client went away; nobody reads this error (nginx's 499 by convention)."""
+
+    status = 499
+    code = "client_closed_request"
+    anthropic_type = "api_error"
 
 
 class Overloaded(GatewayError):

@@ -8,6 +8,7 @@ Protocol codecs sit on either side (``api/``); this module never sees wire JSON.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -147,6 +148,10 @@ class Call:
                 self._remember(resp.content)
                 await self._settle(resp.usage, "ok", None)
                 return resp
+        except asyncio.CancelledError:
+            if not self.reservation.settled:  # the client went away before the answer
+                self._settle(Usage(), "client_disconnect", None)
+            raise
         except BaseException:
             if not self.reservation.settled:
                 self._settle(Usage(), "error", None)

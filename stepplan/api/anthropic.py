@@ -20,7 +20,7 @@ from ..protocols.anthropic_request import decode_request
 from ..protocols.anthropic_response import StreamEncoder, encode_response
 from ..protocols.canonical import Event
 from ..tokens import count_request
-from .common import authenticate, read_json, session_id, trace_id
+from .common import authenticate, read_json, session_id, trace_id, until_disconnect
 from .openai import call_headers, prefetch
 from .responses import JSONResponse, SSEResponse
 
@@ -37,10 +37,10 @@ async def messages(request: HTTPRequest) -> Response:
     call = await gw.start_call(req, key, trace, size)
     msg_id = f"msg_{trace}"
     if not req.stream:
-        resp = await call.complete()
+        resp = await until_disconnect(request, call.complete())
         headers = {**call_headers(call, request), "request-id": trace}
         return JSONResponse(encode_response(resp, req.model, msg_id, gw.signer), headers=headers)
-    events, first = await prefetch(call)
+    events, first = await until_disconnect(request, prefetch(call))
     headers = {**call_headers(call, request), "request-id": trace}
     return SSEResponse(_sse(call, events, first, StreamEncoder(msg_id, req.model, gw.signer), trace), headers=headers)
 

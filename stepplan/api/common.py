@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import logging
 import os
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
 import orjson
 from starlette.requests import Request as HTTPRequest
 
-from ..errors import GatewayError, InvalidRequest, PayloadTooLarge
+from ..errors import ClientClosed, GatewayError, InvalidRequest, PayloadTooLarge
 from ..store.accounts import KeyInfo
 from .responses import JSONResponse
 
 log = logging.getLogger("stepplan.api")
+
+T = TypeVar("T")
 
 _trace_prefix = os.urandom(4).hex()
 _trace_counter = itertools.count(1)
@@ -80,3 +85,32 @@ def session_id(request: HTTPRequest, metadata: Any = None) -> str | None:
             except orjson.JSONDecodeError:
                 return None
     return None
+
+
+async def until_disconnect(request: HTTPRequest, work: Awaitable[T]) -> T:
+    """Await ``work`` unless the client goes away first; then cancel it (which cancels the
+    upstream call and settles the reservation) and raise :class:`ClientClosed`.
+
+    The request body has been read by now, so the next ASGI ``receive`` only returns when
+    the client disconnects.
+    """
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    raise ClientClosed("the client closed the connection before the response started")

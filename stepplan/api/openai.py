@@ -14,7 +14,7 @@ from ..pipeline import Call
 from ..protocols.canonical import Event
 from ..protocols.openai_request import decode_request
 from ..protocols.openai_response import StreamEncoder, encode_response
-from .common import authenticate, read_json, session_id, trace_id
+from .common import authenticate, read_json, session_id, trace_id, until_disconnect
 from .responses import JSONResponse, SSEResponse
 
 
@@ -49,10 +49,10 @@ async def chat_completions(request: HTTPRequest) -> Response:
     req.session_id = session_id(request)
     call = await gw.start_call(req, key, trace, size)
     if not req.stream:
-        resp = await call.complete()
+        resp = await until_disconnect(request, call.complete())
         resp.id = f"chatcmpl-{trace}"
         return JSONResponse(encode_response(resp, req.model), headers=call_headers(call, request))
-    events, first = await prefetch(call)
+    events, first = await until_disconnect(request, prefetch(call))
     return SSEResponse(_sse(call, events, first, req.model, req.include_usage, trace),
                        headers=call_headers(call, request))
 

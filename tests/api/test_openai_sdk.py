@@ -444,3 +444,17 @@ def test_stream_without_upstream_usage_reports_local_count(client: openai.OpenAI
                                                  stream_options={"include_usage": True}))
     usage = chunks[-1].usage
     assert usage is not None and usage.completion_tokens > 5 and usage.prompt_tokens > 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_disconnect_before_first_byte_cancels_upstream(gateway: Gateway, key: str, fake: FakeUpstream,
+                                                       stream: bool) -> None:
+    fake.queue(Reply(sse=openai_text_stream("late"), first_delay=4.0) if stream
+               else Reply(json=openai_completion("late"), first_delay=4.0))
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{gateway.openai_base}/chat/completions", headers={"authorization": f"Bearer {key}"},
+                   json={"model": "step-3.5-flash", "messages": msgs(), "stream": stream}, timeout=0.7)
+    deadline = time.time() + 3
+    while fake.cancelled == 0 and time.time() < deadline:
+        time.sleep(0.05)
+    assert fake.cancelled == 1, "the upstream call must be cancelled when the client leaves before the first byte"

@@ -125,10 +125,14 @@ class FakeUpstream:
             body = raw.decode(errors="replace")
         self.requests.append(Recorded(request.path, dict(request.headers), body, time.time()))
         reply = self.replies.popleft() if self.replies else self._default(request.path, body)
-        if reply.hang:
-            await asyncio.sleep(60)
-        if reply.first_delay:
-            await asyncio.sleep(reply.first_delay)
+        try:
+            if reply.hang:
+                await asyncio.sleep(60)
+            if reply.first_delay:
+                await asyncio.sleep(reply.first_delay)
+        except asyncio.CancelledError:  # the gateway dropped the call before any answer
+            self.cancelled += 1
+            raise
         if reply.sse is None:
             return web.Response(status=reply.status, body=orjson.dumps(reply.json),
                                 content_type="application/json", headers=reply.headers)
