@@ -114,7 +114,10 @@ class BillingConfig:
     lease_min: int = 1_000_000 * MICRO  # extra micro-credits leased beyond a call's need
     lease_max: int = 1_000_000_000 * MICRO
     lease_idle_seconds: float = 2.0
-    commit_interval: float = 0.002  # seconds a settlement waits to share a commit
+    # Seconds a settlement waits to share a commit. 0 = adaptive group commit: a batch is written as soon
+    # as the writer is free, and settlements that arrive while it writes share the next commit, so an idle
+    # gateway adds no wait and a busy one still batches.
+    commit_interval: float = 0.0
     max_batch: int = 2_000
     heartbeat_seconds: float = 2.0
     owner_ttl_seconds: float = 30.0
