@@ -192,6 +192,8 @@ class CreditMeter:
                     "to reset, or upgrade the plan",
                     headers={"retry-after": str(max(1, w.expires_at - now))})
         left = acct.remaining(now)
+        log.debug("account %s: quota exceeded for %d; pots %s", acct.account_id, amount,
+                 [(p.id, p.total, p.used, p.leased, p.held) for p in acct.credit])
         return QuotaExceeded(
             f"your Step Plan credit is used up: this call needs up to {credits_str(amount)} credits and "
             f"{credits_str(left)} are left this cycle; buy a top-up pack or upgrade the plan to continue",
@@ -208,31 +210,21 @@ class CreditMeter:
             await self._acquire(acct, w, deficit, now)
 
     async def _acquire(self, acct: AccountState, pot: Pot, need: int, now: int) -> int:
-        """Lease at least ``need`` (plus slack when there is room) from one pot; returns what was leased."""
+        """Lease ``need`` (plus slack when there is room) from one pot; returns what was leased."""
         slack = min(self.cfg.lease_max, max(self.cfg.lease_min, pot.leased))
-        want = need + slack
         owner = self.owner
-        for _ in range(6):
-            async with self.sessions() as s:
-                row = await ledger.try_lease(s, owner, pot.id, want, now)
-                if row is not None:
-                    await s.commit()
-                    self.stats["leases"] += 1
-                    if acct.dead or owner != self.owner:
-                        return 0  # reaped meanwhile: that lease is an orphan the sweep returns
-                    pot.leased += want
-                    pot.total, pot.used = row.total, max(pot.used, row.used)
-                    return want
-                await s.rollback()
-                cur = await ledger.read_pot(s, pot.id)
-            if cur is None or cur.expires_at <= now or cur.free <= 0:
-                if cur is not None:
-                    pot.used = max(pot.used, cur.used)
-                return 0
-            pot.used = max(pot.used, cur.used)
-            got = min(need, cur.free)
-            want = got + min(slack, (cur.free - got) // 2)
-        return 0
+        async with self.sessions() as s:
+            grant, row = await ledger.lease(s, owner, pot.id, need, slack, now)
+            await s.commit()
+        if row is not None:
+            pot.total, pot.used = row.total, max(pot.used, row.used)
+        if not grant:
+            return 0
+        self.stats["leases"] += 1
+        if acct.dead or owner != self.owner:
+            return 0  # reaped meanwhile: that lease is an orphan the sweep returns
+        pot.leased += grant
+        return grant
 
     # ================================================================== accounts
     async def _account(self, account_id: int, now: int) -> AccountState:
@@ -487,6 +479,8 @@ class CreditMeter:
             await s.commit()
 
     async def _return_idle(self, mono: float) -> None:
+        """Give back the unused part of leases that saw no reservation or settlement for
+        ``lease_idle_seconds`` (or whose pot expired), so other processes can use it."""
         now = self.clock.now()
         for acct in list(self._accounts.values()):
             if not acct.lock.locked() and all(p.leased <= 0 and not p.held for p in acct.pots.values()) and (
@@ -494,14 +488,14 @@ class CreditMeter:
                 self._accounts.pop(acct.account_id, None)  # idle: forget it, reload on next use
                 continue
             for pot in list(acct.pots.values()):
-                if pot.held or pot.leased <= 0:
-                    if not pot.live(now) and not pot.held and pot.leased <= 0:
+                if pot.leased <= 0 and not pot.held:
+                    if not pot.live(now):
                         acct.pots.pop(pot.id, None)
                     continue
-                if pot.live(now) and mono - pot.last_active < self.cfg.lease_idle_seconds:
+                amount = pot.free
+                if amount <= 0 or (pot.live(now) and mono - pot.last_active < self.cfg.lease_idle_seconds):
                     continue
-                amount = pot.leased
-                pot.leased = 0
+                pot.leased -= amount
                 owner = self.owner
                 try:
                     async with self.sessions() as s:

@@ -27,7 +27,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from .billing import upsert
 from .models import CreditLease, CreditPot, MeterOwner, UsageCharge, UsageEntry
 
+POTS = CreditPot.__table__
 LEASES = CreditLease.__table__
+ENTRIES = UsageEntry.__table__
+CHARGES = UsageCharge.__table__
+
+
+LEASE_SHARE = 8  # a lease's slack takes at most this fraction of what is left
 
 
 class LeaseLost(Exception):
@@ -144,26 +150,33 @@ class PotRow:
         return self.total - self.used - self.leased
 
 
-async def read_pot(s: AsyncSession, pot_id: int) -> PotRow | None:
-    row = (await s.execute(select(CreditPot.total, CreditPot.used, CreditPot.leased, CreditPot.expires_at)
-                           .where(CreditPot.id == pot_id))).first()
-    return PotRow(*row) if row else None
+async def lease(s: AsyncSession, owner: str, pot_id: int, need: int, slack: int, now: int) -> tuple[int, PotRow | None]:
+    """Lease from a live pot, atomically: ``need`` (or what is left, if less) plus up to
+    ``slack`` more, never more than 1/LEASE_SHARE of what would remain after ``need``, so
+    other processes keep room when credit runs low. Returns (micro-credits leased, the pot's new state). Caller commits.
 
-
-async def try_lease(s: AsyncSession, owner: str, pot_id: int, amount: int, now: int) -> PotRow | None:
-    """Atomically lease ``amount`` from a live pot if that much is free; the pot's new
-    state on success, None (nothing changed) otherwise. Caller commits."""
-    q = (update(CreditPot)
-         .where(CreditPot.id == pot_id, CreditPot.expires_at > now,
-                CreditPot.total - CreditPot.used - CreditPot.leased >= amount)
-         .values(leased=CreditPot.leased + amount)
-         .returning(CreditPot.total, CreditPot.used, CreditPot.leased, CreditPot.expires_at))
+    The pot row is locked first (PostgreSQL: ``SELECT … FOR UPDATE``; SQLite: a no-op
+    write takes the database write lock), so the read and the update cannot race with
+    another process and no retry loop is needed.
+    """
+    pots = POTS.c
+    if s.get_bind().dialect.name == "postgresql":
+        q = select(pots.total, pots.used, pots.leased, pots.expires_at).where(pots.id == pot_id).with_for_update()
+    else:
+        await s.execute(update(POTS).where(pots.id == pot_id).values(leased=pots.leased))
+        q = select(pots.total, pots.used, pots.leased, pots.expires_at).where(pots.id == pot_id)
     row = (await s.execute(q)).first()
     if row is None:
-        return None
-    await s.execute(upsert(s, LEASES, {"owner": owner, "pot_id": pot_id, "amount": amount, "updated_at": now},
-                           ["owner", "pot_id"], {"amount": LEASES.c.amount + amount, "updated_at": now}))
-    return PotRow(*row)
+        return 0, None
+    cur = PotRow(*row)
+    if cur.expires_at <= now or cur.free <= 0:
+        return 0, cur
+    got = min(need, cur.free)
+    grant = got + min(max(0, slack), (cur.free - got) // LEASE_SHARE)
+    await s.execute(update(POTS).where(pots.id == pot_id).values(leased=pots.leased + grant))
+    await s.execute(upsert(s, LEASES, {"owner": owner, "pot_id": pot_id, "amount": grant, "updated_at": now},
+                           ["owner", "pot_id"], {"amount": LEASES.c.amount + grant, "updated_at": now}))
+    return grant, PotRow(cur.total, cur.used, cur.leased + grant, cur.expires_at)
 
 
 async def return_lease(s: AsyncSession, owner: str, pot_id: int, amount: int, now: int) -> None:
@@ -192,20 +205,20 @@ async def write_batch(s: AsyncSession, owner: str, entries: Sequence[dict[str, A
     ``converted`` maps pot id → micro-credits moved from this owner's lease to ``used``.
     Raises LeaseLost (caller rolls back) when a lease no longer covers its conversion.
     """
-    if entries:
-        await s.execute(insert(UsageEntry), list(entries))
+    if entries:  # Core statements (executemany): no ORM bookkeeping on the hot path
+        await s.execute(insert(ENTRIES), list(entries))
     if charges:
-        await s.execute(insert(UsageCharge), list(charges))
+        await s.execute(insert(CHARGES), list(charges))
+    pots, leases = POTS.c, LEASES.c
     for pot_id in sorted(converted):
         amount = converted[pot_id]
-        await s.execute(update(CreditPot).where(CreditPot.id == pot_id)
-                        .values(used=CreditPot.used + amount, leased=CreditPot.leased - amount))
+        await s.execute(update(POTS).where(pots.id == pot_id)
+                        .values(used=pots.used + amount, leased=pots.leased - amount))
     for pot_id in sorted(converted):
         amount = converted[pot_id]
-        res = await s.execute(update(CreditLease)
-                              .where(CreditLease.owner == owner, CreditLease.pot_id == pot_id,
-                                     CreditLease.amount >= amount)
-                              .values(amount=CreditLease.amount - amount, updated_at=now))
+        res = await s.execute(update(LEASES)
+                              .where(leases.owner == owner, leases.pot_id == pot_id, leases.amount >= amount)
+                              .values(amount=leases.amount - amount, updated_at=now))
         if res.rowcount != 1:
             raise LeaseLost(pot_id)
 
@@ -236,9 +249,9 @@ async def charge_direct(s: AsyncSession, pot_id: int, want: int) -> int:
 
 
 async def write_entry(s: AsyncSession, entry: dict[str, Any], charges: Sequence[dict[str, Any]]) -> None:
-    await s.execute(insert(UsageEntry), [entry])
+    await s.execute(insert(ENTRIES), [entry])
     if charges:
-        await s.execute(insert(UsageCharge), list(charges))
+        await s.execute(insert(CHARGES), list(charges))
 
 
 async def existing_requests(s: AsyncSession, request_ids: Iterable[str]) -> dict[str, str]:

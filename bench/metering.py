@@ -1,0 +1,276 @@
+"""What credit metering costs: gateway throughput with metering on vs off.
+
+    .venv/bin/python bench/metering.py [--duration 10] [--rounds 3] [--concurrency 32] [--no-docs]
+
+Starts ``bench/fake_upstream.py`` and, for each mode, a fresh ``stepplan serve --workers 1``
+on SQLite (``[billing] enabled = false`` for "off"; the default CreditMeter for "on",
+with an account subscribed to flash-max). Runs alternately off/on for ``--rounds`` rounds
+per scenario and reports the median req/s:
+
+* ``openai_json`` -- non-streaming chat completions (wrk, or sse_load.py without wrk)
+* ``openai_sse``  -- streaming chat completions with include_usage (sse_load.py)
+
+After the "on" runs it checks that the ledger holds exactly one entry per answered
+request and that ``stepplan ledger check`` passes, so the numbers are for metering that
+really wrote every entry. Results go to stdout (markdown + JSON) and, unless
+``--no-docs``, into ``docs/performance.md`` between ``<!-- bench:metering:start -->`` and
+``<!-- bench:metering:end -->``. Every process started is stopped (by process group).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+PY = sys.executable
+STEPPLAN = [PY, "-m", "stepplan"]
+DOC_START, DOC_END = "<!-- bench:metering:start -->", "<!-- bench:metering:end -->"
+MODEL = "step-3.5-flash"
+MESSAGES = [{"role": "user", "content": "Say hello in a few words."}]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Proc:
+    def __init__(self, cmd: list[str], log: Path, env: dict[str, str] | None = None):
+        self.log = log.open("ab")
+        self.p = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+                                  env={**os.environ, **(env or {})}, cwd=ROOT)
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            os.killpg(self.p.pid, signal.SIGTERM)
+            try:
+                self.p.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.p.pid, signal.SIGKILL)
+                self.p.wait(10)
+        self.log.close()
+
+
+def wait_http(port: int, path: str, proc: Proc, timeout: float = 60) -> None:
+    import http.client
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.p.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.p.returncode}; see {proc.log.name}")
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            c.request("GET", path)
+            if c.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"127.0.0.1:{port}{path} did not come up")
+
+
+def cli(cfg: Path, *args: str) -> str:
+    r = subprocess.run([*STEPPLAN, "--config", str(cfg), *args], capture_output=True, text=True, cwd=ROOT,
+                       timeout=120)
+    if r.returncode != 0:
+        raise RuntimeError(f"stepplan {' '.join(args)} failed: {r.stderr or r.stdout}")
+    return r.stdout
+
+
+def setup(tmp: Path, mode: str, upstream_port: int) -> tuple[Path, str]:
+    d = tmp / mode
+    d.mkdir()
+    cfg = d / "stepplan.toml"
+    cfg.write_text(
+        f'[database]\nurl = "sqlite:///{d}/bench.db"\n'
+        f'[upstreams.fake]\nprotocol = "openai"\nbase_url = "http://127.0.0.1:{upstream_port}/v1"\n'
+        '[server]\ndefault_upstream = "fake"\n'
+        f"[billing]\nenabled = {'true' if mode == 'on' else 'false'}\n"
+    )
+    cli(cfg, "accounts", "create", "bench")
+    if mode == "on":
+        cli(cfg, "subscribe", "bench", "--plan", "flash-max")
+    key = json.loads(cli(cfg, "keys", "create", "--account", "bench", "--json"))["key"]
+    return cfg, key
+
+
+def run_wrk(url: str, conc: int, secs: float, body: bytes, key: str, tmp: Path) -> dict[str, Any]:
+    script = tmp / "post.lua"
+    script.write_text(
+        f'wrk.method = "POST"\nwrk.body = [==[{body.decode()}]==]\n'
+        'wrk.headers["content-type"] = "application/json"\n'
+        f'wrk.headers["authorization"] = "Bearer {key}"\n'
+        "done = function(summary, latency, requests)\n"
+        '  io.write(string.format("WRKJSON {\\"requests\\":%d,\\"duration_us\\":%d,\\"status\\":%d,'
+        '\\"errors\\":%d,\\"p50\\":%d,\\"p99\\":%d}\\n", summary.requests, summary.duration, summary.errors.status,'
+        " summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,"
+        " latency:percentile(50), latency:percentile(99)))\nend\n")
+    r = subprocess.run(["wrk", "-t2", f"-c{conc}", f"-d{max(1, round(secs))}s", "--timeout", "30s", "-s",
+                        str(script), url], capture_output=True, text=True, timeout=secs + 60)
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk failed: {r.stderr or r.stdout}")
+    w = json.loads(line[8:])
+    ok = w["requests"] - w["status"]
+    return {"req_per_s": ok / (w["duration_us"] / 1e6), "requests": ok, "errors": w["status"] + w["errors"],
+            "p50_ms": w["p50"] / 1000, "p99_ms": w["p99"] / 1000}
+
+
+def run_sse(url: str, conc: int, secs: float, body: bytes, key: str) -> dict[str, Any]:
+    r = subprocess.run([PY, str(BENCH / "sse_load.py"), url, "-c", str(conc), "-d", str(secs), "--body",
+                        body.decode(), "-H", f"Authorization: Bearer {key}", "--grace", "30"],
+                       capture_output=True, text=True, timeout=secs + 120)
+    if r.returncode != 0:
+        raise RuntimeError(f"sse_load failed: {r.stderr[-500:]}")
+    res = json.loads(r.stdout)
+    lat = res.get("latency_ms") or {}
+    errors = res.get("errors", 0)
+    return {"req_per_s": res["req_per_s"], "requests": res["requests"],
+            "errors": sum(errors.values()) if isinstance(errors, dict) else errors,
+            "p50_ms": lat.get("p50"), "p99_ms": lat.get("p99")}
+
+
+def ledger_entries(cfg: Path) -> int:
+    view = json.loads(cli(cfg, "usage", "bench", "--json", "--from", "0"))
+    return sum(r["calls"] for r in view["usage"]["records"])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--scenarios", default="openai_json,openai_sse")
+    p.add_argument("--no-docs", action="store_true")
+    p.add_argument("--docs", default=str(ROOT / "docs" / "performance.md"))
+    a = p.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="stepplan-metering-"))
+    procs: list[Proc] = []
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    checks: list[str] = []
+    try:
+        up_port = free_port()
+        up = Proc([PY, str(BENCH / "fake_upstream.py"), "--port", str(up_port), "--chunks", "16"], tmp / "up.log")
+        procs.append(up)
+        wait_http(up_port, "/healthz", up)
+        cfgs = {m: setup(tmp, m, up_port) for m in ("off", "on")}
+        for scenario in a.scenarios.split(","):
+            stream = scenario == "openai_sse"
+            body = json.dumps({"model": MODEL, "messages": MESSAGES, "stream": stream,
+                               **({"stream_options": {"include_usage": True}} if stream else {})},
+                              separators=(",", ":")).encode()
+            results[scenario] = {"off": [], "on": []}
+            for rnd in range(a.rounds):
+                for mode in ("off", "on"):
+                    cfg, key = cfgs[mode]
+                    before = ledger_entries(cfg) if mode == "on" else 0
+                    port = free_port()
+                    gw = Proc([*STEPPLAN, "serve", "--config", str(cfg), "--port", str(port), "--workers", "1"],
+                              tmp / f"gw-{mode}.log")
+                    procs.append(gw)
+                    wait_http(port, "/healthz", gw)
+                    url = f"http://127.0.0.1:{port}/step_plan/v1/chat/completions"
+                    use_wrk = not stream and shutil.which("wrk")
+                    if a.warmup:
+                        (run_wrk(url, a.concurrency, a.warmup, body, key, tmp) if use_wrk
+                         else run_sse(url, a.concurrency, a.warmup, body, key))
+                    res = (run_wrk(url, a.concurrency, a.duration, body, key, tmp) if use_wrk
+                           else run_sse(url, a.concurrency, a.duration, body, key))
+                    gw.stop()
+                    procs.remove(gw)
+                    res["tool"] = "wrk" if use_wrk else "sse_load"
+                    if mode == "on":
+                        written = ledger_entries(cfg) - before
+                        res["ledger_entries"] = written
+                        if written < res["requests"]:
+                            raise RuntimeError(f"only {written} ledger entries for {res['requests']} requests")
+                        cli(cfg, "ledger", "check")
+                        checks.append(f"{scenario} round {rnd + 1}: {res['requests']} measured requests (plus "
+                                      f"warm-up), {written} ledger entries, `ledger check` passed")
+                    results[scenario][mode].append(res)
+                    print(f"{scenario} round {rnd + 1} metering {mode}: {res['req_per_s']:.0f} req/s "
+                          f"({res['requests']} ok, {res['errors']} errors)", file=sys.stderr)
+    finally:
+        for pr in reversed(procs):
+            pr.stop()
+    summary = summarize(results)
+    out = render(summary, a, checks)
+    print(out)
+    print(json.dumps({"summary": summary, "raw": results}, indent=1, default=str))
+    if not a.no_docs:
+        write_docs(Path(a.docs), out)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def summarize(results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for scenario, modes in results.items():
+        off = statistics.median(r["req_per_s"] for r in modes["off"])
+        on = statistics.median(r["req_per_s"] for r in modes["on"])
+        out[scenario] = {
+            "off_req_per_s": round(off, 1), "on_req_per_s": round(on, 1),
+            "cost_percent": round((off - on) / off * 100, 1) if off else None,
+            "off_p50_ms": statistics.median(r["p50_ms"] for r in modes["off"] if r["p50_ms"] is not None),
+            "on_p50_ms": statistics.median(r["p50_ms"] for r in modes["on"] if r["p50_ms"] is not None),
+            "rounds": [(round(x["req_per_s"]), round(y["req_per_s"])) for x, y in zip(modes["off"], modes["on"],
+                                                                                       strict=True)],
+        }
+    return out
+
+
+def render(summary: dict[str, Any], a: argparse.Namespace, checks: list[str]) -> str:
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "### Credit metering: throughput with metering on vs off",
+        "",
+        f"`bench/metering.py` on {when}: one `stepplan serve` worker on SQLite (WAL), fake upstream "
+        f"`bench/fake_upstream.py` (16 chunks), {a.concurrency} concurrent clients, {a.duration:g} s per run, "
+        f"{a.rounds} alternating rounds per mode (median shown), {os.cpu_count()} CPUs "
+        f"({platform.machine()}, Python {platform.python_version()}). The load generator shares the machine.",
+        "",
+        "| scenario | metering off req/s | metering on req/s | cost | p50 off / on (ms) | rounds (off, on) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for scenario, s in summary.items():
+        rounds = ", ".join(f"({x}, {y})" for x, y in s["rounds"])
+        lines.append(f"| {scenario} | {s['off_req_per_s']:.0f} | {s['on_req_per_s']:.0f} | "
+                     f"{s['cost_percent']:.1f}% | {s['off_p50_ms']:.2f} / {s['on_p50_ms']:.2f} | {rounds} |")
+    lines += ["", "Every metered run wrote a ledger entry for every answered request (warm-up included) and "
+              "passed `stepplan ledger check`:", ""]
+    lines += [f"- {c}" for c in checks]
+    lines += ["", "Target: metering costs at most 15% of throughput (SQLite, one worker)."]
+    return "\n".join(lines)
+
+
+def write_docs(path: Path, section: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = path.read_text() if path.exists() else "# Performance\n"
+    block = f"{DOC_START}\n{section}\n{DOC_END}"
+    if DOC_START in text and DOC_END in text:
+        head, rest = text.split(DOC_START, 1)
+        _, tail = rest.split(DOC_END, 1)
+        text = head + block + tail
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
