@@ -89,6 +89,25 @@ class TraceAndLimit:
             self.in_flight -= 1
 
 
+class HotPath:
+    """Model calls skip Starlette's router and middleware stack: an exact path lookup, then
+    the handler (already wrapped by the error boundary). Everything else goes to Starlette."""
+
+    def __init__(self, app: Starlette, routes: dict[str, Handler]):
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            handler = self.routes.get(scope["path"])
+            if handler is not None:
+                scope["app"] = self.app  # handlers reach the gateway through request.app.state
+                response = await handler(HTTPRequest(scope, receive))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 async def healthz(request: HTTPRequest) -> Response:
     return JSONResponse({"status": "ok"})
 
@@ -138,7 +157,7 @@ def build_meter(settings: Settings, sessions: Any) -> Meter:
     return CreditMeter(settings, sessions)
 
 
-def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Starlette:
+def create_app(settings: Settings | None = None, *, migrate: bool = True) -> ASGIApp:
     settings = settings or load_settings()
 
     @contextlib.asynccontextmanager
@@ -169,13 +188,16 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> Sta
             await gateway.aclose()
             await engine.dispose()
 
+    from .api import anthropic as anthropic_api
+
     app = Starlette(routes=routes(), lifespan=lifespan,
                     exception_handlers={404: not_found, 405: not_found})
-    app.add_middleware(TraceAndLimit, max_concurrency=settings.max_concurrency)  # type: ignore[arg-type]
-    return app
+    hot = {"/step_plan/v1/chat/completions": guarded(openai_api.chat_completions),
+           "/step_plan/v1/messages": guarded(anthropic_api.messages)}
+    return TraceAndLimit(HotPath(app, hot), max_concurrency=settings.max_concurrency)
 
 
-def app_factory() -> Starlette:
+def app_factory() -> ASGIApp:
     """Entry point for ``uvicorn --factory stepplan.app:app_factory`` (used by --workers N)."""
     import os
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 from typing import TextIO
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -54,12 +55,27 @@ class BatchingHandler(logging.Handler):
         super().close()
 
 
+_batching: BatchingHandler | None = None
+
+
+def call_line(logger: logging.Logger, message: str) -> None:
+    """Log an INFO line on the hot path: straight into the batch, skipping LogRecord
+    creation and formatting, with the same layout as every other line."""
+    if _batching is None or not logger.isEnabledFor(logging.INFO):
+        logger.info("%s", message)
+        return
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+    _batching._buf.append(f"{stamp},{int(now % 1 * 1000):03d} INFO {logger.name} {message}\n")
+
+
 def setup_logging(level: str) -> None:
+    global _batching
     root = logging.getLogger()
     root.setLevel(level.upper())
     if any(isinstance(h, BatchingHandler) for h in root.handlers):
         return
-    handler = BatchingHandler()
+    handler = _batching = BatchingHandler()
     handler.setFormatter(logging.Formatter(FORMAT))
     root.handlers[:] = [handler]
     import atexit

@@ -19,6 +19,7 @@ from .billing.meter import Meter, Outcome, Reservation
 from .catalog import Catalog, ModelSpec
 from .engines.base import CallContext, EngineRegistry
 from .errors import GatewayError, InvalidRequest, UnsupportedContent
+from .logs import call_line
 from .protocols.canonical import (
     Audio,
     Document,
@@ -111,9 +112,9 @@ class Call:
 
     def _settle(self, usage: Usage, status: str, first_byte: float | None) -> object:
         now = time.perf_counter()
-        log.info("trace=%s account=%s key=%s model=%s served=%s status=%s in=%d cache=%d out=%d ms=%.1f",
-                 self.trace_id, self.key.account_name, self.key.key_id, self.spec.id, self.served_model.id, status,
-                 usage.input, usage.cache_read, usage.output, (now - self.t0) * 1000)
+        call_line(log, f"trace={self.trace_id} account={self.key.account_name} key={self.key.key_id} "
+                       f"model={self.spec.id} served={self.served_model.id} status={status} in={usage.input} "
+                       f"cache={usage.cache_read} out={usage.output} ms={(now - self.t0) * 1000:.1f}")
         outcome = Outcome(
             served=self.served_model, usage=usage, status=status, route_score=self.route.score,
             first_byte_ms=None if first_byte is None else (first_byte - self.t0) * 1000,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import os
@@ -92,25 +91,27 @@ async def until_disconnect(request: HTTPRequest, work: Awaitable[T]) -> T:
     upstream call and settles the reservation) and raise :class:`ClientClosed`.
 
     The request body has been read by now, so the next ASGI ``receive`` only returns when
-    the client disconnects.
+    the client disconnects. One watcher task per call, no task for the work itself.
     """
-    task = asyncio.ensure_future(work)
+    current = asyncio.current_task()
+    gone = False
 
     async def watch() -> None:
+        nonlocal gone
         while (await request.receive())["type"] != "http.disconnect":
             pass
+        gone = True
+        if current is not None:
+            current.cancel()
 
     watcher = asyncio.ensure_future(watch())
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        task.cancel()
+        return await work
+    except asyncio.CancelledError:
+        if gone:
+            if current is not None:
+                current.uncancel()  # the cancellation was ours and is handled here
+            raise ClientClosed("the client closed the connection before the response started") from None
         raise
     finally:
         watcher.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(BaseException):
-        await task
-    raise ClientClosed("the client closed the connection before the response started")
