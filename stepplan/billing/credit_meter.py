@@ -290,7 +290,7 @@ class CreditMeter:
             log.warning("request %s: cost %d exceeds what the account could cover; %d micro-credits uncollected",
                         res.request_id, cost, cost - st.charge)
         self._queue.append(_Pending(entry, st, fut))
-        if self._closed:  # after shut-down: write it on its own
+        if self._writer is None or self._writer.done():  # shutting down: write it on its own
             task = loop.create_task(self._drain())
             self._late.add(task)
             task.add_done_callback(self._late.discard)
@@ -323,7 +323,7 @@ class CreditMeter:
 
     async def _flush(self, batch: list[_Pending]) -> None:
         """Write one batch durably; retries transient errors until it is written."""
-        delay = 0.01
+        delay, bugs = 0.01, 0
         direct = [p for p in batch if p.st.direct]
         pending = [p for p in batch if not p.st.direct]
         while pending:
@@ -349,11 +349,21 @@ class CreditMeter:
                 log.warning("ledger write failed (%s: %s); retrying in %.2fs", type(exc).__name__, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(1.0, delay * 2)
-        for p in direct:
-            await self._write_direct(p)
-        for p in batch:
-            if not p.fut.done():
-                p.fut.set_result(None)
+            except Exception:  # a bug, not the database: never hang the calls waiting on this batch
+                bugs += 1
+                log.exception("ledger write failed unexpectedly (attempt %d)", bugs)
+                if bugs >= 5:
+                    for p in pending:
+                        log.error("UNWRITTEN LEDGER ENTRY %s", {k: v for k, v in p.entry.items()})
+                    pending = []
+                await asyncio.sleep(delay)
+        try:
+            for p in direct:
+                await self._write_direct(p)
+        finally:
+            for p in batch:
+                if not p.fut.done():
+                    p.fut.set_result(None)
 
     def _batch_rows(self, pending: list[_Pending]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[int, int]]:
         entries: list[dict[str, Any]] = []
@@ -425,7 +435,10 @@ class CreditMeter:
                 log.warning("direct ledger write failed (%s); retrying", type(exc).__name__)
                 await asyncio.sleep(delay)
                 delay = min(1.0, delay * 2)
-        log.error("could not write ledger entry %s", e["request_id"])
+            except Exception:
+                log.exception("direct ledger write failed unexpectedly")
+                break
+        log.error("UNWRITTEN LEDGER ENTRY %s", e)
 
     # ================================================================== maintenance
     async def _maintain_loop(self) -> None:
