@@ -93,7 +93,7 @@ def cli(cfg: Path, *args: str) -> str:
     return r.stdout
 
 
-def setup(tmp: Path, mode: str, upstream_port: int) -> tuple[Path, str]:
+def setup(tmp: Path, mode: str, upstream_port: int, billing_extra: str = "") -> tuple[Path, str]:
     d = tmp / mode
     d.mkdir()
     cfg = d / "stepplan.toml"
@@ -102,6 +102,7 @@ def setup(tmp: Path, mode: str, upstream_port: int) -> tuple[Path, str]:
         f'[upstreams.fake]\nprotocol = "openai"\nbase_url = "http://127.0.0.1:{upstream_port}/v1"\n'
         '[server]\ndefault_upstream = "fake"\n'
         f"[billing]\nenabled = {'true' if mode == 'on' else 'false'}\n"
+        + (billing_extra.replace("\\n", "\n") + "\n" if mode == "on" else "")
     )
     cli(cfg, "accounts", "create", "bench")
     if mode == "on":
@@ -158,6 +159,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--scenarios", default="openai_json,openai_sse")
+    p.add_argument("--billing", default="", help="extra [billing] keys for the metered gateway, e.g. "
+                   "'commit_interval_ms = 2'")
+    p.add_argument("--modes", default="off,on")
     p.add_argument("--no-docs", action="store_true")
     p.add_argument("--docs", default=str(ROOT / "docs" / "performance.md"))
     a = p.parse_args()
@@ -170,15 +174,16 @@ def main() -> None:
         up = Proc([PY, str(BENCH / "fake_upstream.py"), "--port", str(up_port), "--chunks", "16"], tmp / "up.log")
         procs.append(up)
         wait_http(up_port, "/healthz", up)
-        cfgs = {m: setup(tmp, m, up_port) for m in ("off", "on")}
+        modes = a.modes.split(",")
+        cfgs = {m: setup(tmp, m, up_port, a.billing) for m in modes}
         for scenario in a.scenarios.split(","):
             stream = scenario == "openai_sse"
             body = json.dumps({"model": MODEL, "messages": MESSAGES, "stream": stream,
                                **({"stream_options": {"include_usage": True}} if stream else {})},
                               separators=(",", ":")).encode()
-            results[scenario] = {"off": [], "on": []}
+            results[scenario] = {m: [] for m in ("off", "on")}
             for rnd in range(a.rounds):
-                for mode in ("off", "on"):
+                for mode in modes:
                     cfg, key = cfgs[mode]
                     before = ledger_entries(cfg) if mode == "on" else 0
                     port = free_port()

@@ -41,6 +41,7 @@ from ..protocols.canonical import Request, Usage
 from ..store import billing as store
 from ..store import ledger
 from ..store.accounts import KeyInfo
+from ..store.ledger_writer import Conflict, SessionWriter, Transient, writer_for
 from .clock import Clock, iso
 from .limits import LocalLimiter, RedisLimiter
 from .meter import Outcome, Reservation
@@ -87,6 +88,7 @@ class CreditMeter:
         self._closing = False
         self._closed = False
         self._epoch = ""
+        self.writer = writer_for(settings.database_url, sessions)
         self.stats = {"batches": 0, "entries": 0, "leases": 0, "returns": 0, "reaped": 0, "direct": 0}
 
     # ================================================================== life cycle
@@ -115,6 +117,8 @@ class CreditMeter:
             acct.dead = True  # anything settling after this goes straight to the database
         self._accounts.clear()
         self._closed = True
+        await self.writer.close()
+        self.writer = SessionWriter(self.sessions)  # for anything settling after shut-down
         try:
             async with self.sessions() as s:
                 await ledger.release_all(s, self.owner)
@@ -329,9 +333,7 @@ class CreditMeter:
         while pending:
             entries, charges, converted = self._batch_rows(pending)
             try:
-                async with self.sessions() as s:
-                    await ledger.write_batch(s, self.owner, entries, charges, converted, int(time.time()))
-                    await s.commit()
+                await self.writer.write(self.owner, entries, charges, converted, int(time.time()))
                 self.stats["batches"] += 1
                 self.stats["entries"] += len(pending)
                 break
@@ -342,10 +344,10 @@ class CreditMeter:
                     p.st.to_direct()
                 direct += pending
                 pending = []
-            except IntegrityError:
+            except Conflict:
                 pending, more_direct = await self._resolve_conflicts(pending)
                 direct += more_direct
-            except (SQLAlchemyError, OSError) as exc:
+            except (Transient, SQLAlchemyError, OSError) as exc:
                 log.warning("ledger write failed (%s: %s); retrying in %.2fs", type(exc).__name__, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(1.0, delay * 2)
@@ -458,6 +460,7 @@ class CreditMeter:
                     last_sweep = mono
                     await self.sweep()
                     self._abandon(mono)
+                    await self.writer.checkpoint()
             except asyncio.CancelledError:
                 raise
             except Exception:  # the database may be briefly unavailable; try again next tick
