@@ -9,18 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import Response
 
-from ..errors import GatewayError
-from ..pipeline import Call
 from ..protocols.anthropic_request import decode_request
 from ..protocols.anthropic_response import StreamEncoder, encode_response
-from ..protocols.canonical import Event
 from ..tokens import count_request
-from .common import authenticate, read_json, session_id, trace_id, until_disconnect
+from .common import authenticate, read_json, session_id, sse_body, trace_id, until_disconnect
 from .openai import call_headers, prefetch
 from .responses import JSONResponse, SSEResponse
 
@@ -42,30 +38,10 @@ async def messages(request: HTTPRequest) -> Response:
         return JSONResponse(encode_response(resp, req.model, msg_id, gw.signer), headers=headers)
     events, first = await until_disconnect(request, prefetch(call))
     headers = {**call_headers(call, request), "request-id": trace}
-    return SSEResponse(_sse(call, events, first, StreamEncoder(msg_id, req.model, gw.signer), trace), headers=headers)
-
-
-async def _sse(call: Call, events: AsyncIterator[Event], first: Event, enc: StreamEncoder,
-               trace: str) -> AsyncIterator[bytes]:
-    try:
-        yield enc.start(first) + enc.feed(first)
-        async for ev in events:
-            out = enc.feed(ev)
-            if out:
-                yield out
-    except GatewayError as exc:
-        yield StreamEncoder.error(exc.anthropic_body(trace))
-        return
-    except Exception:  # a bug must still end the stream in protocol, not as a cut connection
-        log.exception("trace=%s stream failed", trace)
-        err = GatewayError(f"internal error; quote trace id {trace} when reporting it")
-        yield StreamEncoder.error(err.anthropic_body(trace))
-        return
-    finally:
-        await events.aclose()  # type: ignore[attr-defined]
-    if call.settlement is not None:
-        await call.settlement  # the ledger entry is durable before message_stop
-    yield enc.end(call.usage)
+    enc = StreamEncoder(msg_id, req.model, gw.signer)
+    frames = sse_body(call, events, lambda: enc.start(first) + enc.feed(first), enc,
+                    lambda e: e.anthropic_body(trace), trace)
+    return SSEResponse(frames, headers=headers)
 
 
 async def count_tokens(request: HTTPRequest) -> Response:

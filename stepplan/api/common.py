@@ -6,8 +6,8 @@ import asyncio
 import itertools
 import logging
 import os
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import orjson
 from starlette.requests import Request as HTTPRequest
@@ -15,6 +15,10 @@ from starlette.requests import Request as HTTPRequest
 from ..errors import ClientClosed, GatewayError, InvalidRequest, PayloadTooLarge
 from ..store.accounts import KeyInfo
 from .responses import JSONResponse
+
+if TYPE_CHECKING:
+    from ..pipeline import Call
+    from ..protocols.canonical import Event, Usage
 
 log = logging.getLogger("stepplan.api")
 
@@ -115,3 +119,39 @@ async def until_disconnect(request: HTTPRequest, work: Awaitable[T]) -> T:
         raise
     finally:
         watcher.cancel()
+
+
+class ClientStream(Protocol):
+    """What a protocol's stream encoder offers (OpenAI chunks or Anthropic events)."""
+
+    def feed(self, ev: Event) -> bytes: ...
+
+    def end(self, billed: Usage | None = None) -> bytes: ...
+
+    @staticmethod
+    def error(body: dict[str, Any]) -> bytes: ...
+
+
+async def sse_body(call: Call, events: AsyncIterator[Event], head: Callable[[], bytes], enc: ClientStream,
+                   error_body: Callable[[GatewayError], dict[str, Any]], trace: str) -> AsyncIterator[bytes]:
+    """The body of a streamed model response, in either protocol: the opening frames,
+    each event as it arrives, a protocol error event if anything fails after the first
+    byte (never a silent cut), and the closing frames once the ledger entry is durable."""
+    try:
+        yield head()
+        async for ev in events:
+            out = enc.feed(ev)
+            if out:
+                yield out
+    except GatewayError as exc:
+        yield enc.error(error_body(exc))
+        return
+    except Exception:  # a bug must still end the stream in protocol, not as a cut connection
+        log.exception("trace=%s stream failed", trace)
+        yield enc.error(error_body(GatewayError(f"internal error; quote trace id {trace} when reporting it")))
+        return
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+    if call.settlement is not None:
+        await call.settlement  # the ledger entry is durable before the stream ends
+    yield enc.end(call.usage)

@@ -9,12 +9,12 @@ from starlette.requests import Request as HTTPRequest
 from starlette.responses import Response
 
 from ..catalog import model_card
-from ..errors import GatewayError, ModelNotFound
+from ..errors import ModelNotFound
 from ..pipeline import Call
 from ..protocols.canonical import Event
 from ..protocols.openai_request import decode_request
 from ..protocols.openai_response import StreamEncoder, encode_response
-from .common import authenticate, read_json, session_id, trace_id, until_disconnect
+from .common import authenticate, read_json, session_id, sse_body, trace_id, until_disconnect
 from .responses import JSONResponse, SSEResponse
 
 
@@ -53,27 +53,10 @@ async def chat_completions(request: HTTPRequest) -> Response:
         resp.id = f"chatcmpl-{trace}"
         return JSONResponse(encode_response(resp, req.model), headers=call_headers(call, request))
     events, first = await until_disconnect(request, prefetch(call))
-    return SSEResponse(_sse(call, events, first, req.model, req.include_usage, trace),
-                       headers=call_headers(call, request))
-
-
-async def _sse(call: Call, events: AsyncIterator[Event], first: Event, model: str, include_usage: bool,
-               trace: str) -> AsyncIterator[bytes]:
-    enc = StreamEncoder(f"chatcmpl-{trace}", model, include_usage, int(time.time()))
-    try:
-        yield enc.start() + enc.feed(first)
-        async for ev in events:
-            out = enc.feed(ev)
-            if out:
-                yield out
-    except GatewayError as exc:
-        yield StreamEncoder.error(exc.openai_body(trace))
-        return
-    finally:
-        await events.aclose()  # type: ignore[attr-defined]
-    if call.settlement is not None:
-        await call.settlement  # the ledger entry is durable before the stream ends
-    yield enc.end(call.usage)
+    enc = StreamEncoder(f"chatcmpl-{trace}", req.model, req.include_usage, int(time.time()))
+    frames = sse_body(call, events, lambda: enc.start() + enc.feed(first), enc,
+                    lambda e: e.openai_body(trace), trace)
+    return SSEResponse(frames, headers=call_headers(call, request))
 
 
 async def list_models(request: HTTPRequest) -> Response:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from ..errors import InvalidRequest
 
 
@@ -83,6 +85,20 @@ def str_list(v: Any, name: str) -> list[str]:
     for i, s in enumerate(items):
         string(s, f"{name}[{i}]")
     return items
+
+
+def tool_input(arguments: str) -> dict[str, Any]:
+    """A tool call's JSON arguments as the object Anthropic's ``tool_use.input`` needs.
+
+    Empty arguments are ``{}``; text that is not a JSON object is kept, not dropped, under
+    ``_unparsed_arguments``."""
+    if not arguments.strip():
+        return {}
+    try:
+        v = orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        v = None
+    return v if isinstance(v, dict) else {"_unparsed_arguments": arguments}
 
 
 def split_data_url(url: str) -> tuple[str | None, str | None]:

@@ -389,14 +389,6 @@ def _tool_result(r: ToolResult) -> dict[str, Any]:
     return out
 
 
-def _input(arguments: str) -> dict[str, Any]:
-    if not arguments.strip():
-        return {}
-    try:
-        v = orjson.loads(arguments)
-    except orjson.JSONDecodeError:
-        v = None
-    return v if isinstance(v, dict) else {"_unparsed_arguments": arguments}
 
 
 def _assistant(m: Message, replay: bool, restore: Callable[[list[ToolCall]], str | None] | None,
@@ -421,7 +413,7 @@ def _assistant(m: Message, replay: bool, restore: Callable[[list[ToolCall]], str
             if b.text:
                 blocks.append(_text(b))
         elif isinstance(b, ToolCall):
-            blocks.append({"type": "tool_use", "id": b.id, "name": b.name, "input": _input(b.arguments)})
+            blocks.append({"type": "tool_use", "id": b.id, "name": b.name, "input": c.tool_input(b.arguments)})
     return blocks
 
 

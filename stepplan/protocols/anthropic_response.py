@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ._check import tool_input
 from .canonical import (
     Block,
     Event,
@@ -223,14 +224,6 @@ class StreamDecoder:
 
 
 # ============================================================================ canonical → client
-def _tool_input(arguments: str) -> dict[str, Any]:
-    if not arguments.strip():
-        return {}
-    try:
-        v = orjson.loads(arguments)
-    except orjson.JSONDecodeError:
-        v = None
-    return v if isinstance(v, dict) else {"_unparsed_arguments": arguments}
 
 
 def new_tool_id() -> str:
@@ -250,7 +243,7 @@ def encode_response(resp: Response, model: str, id: str, signer: Signer) -> dict
                 content.append({"type": "text", "text": b.text})
         elif isinstance(b, ToolCall):
             content.append({"type": "tool_use", "id": b.id or new_tool_id(), "name": b.name,
-                            "input": _tool_input(b.arguments)})
+                            "input": tool_input(b.arguments)})
     return {
         "id": id,
         "type": "message",
