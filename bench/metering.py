@@ -50,6 +50,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+PIN: dict[str, list[str]] = {"gateway": [], "load": []}  # taskset prefixes, set by --pin
+
+
 class Proc:
     def __init__(self, cmd: list[str], log: Path, env: dict[str, str] | None = None):
         self.log = log.open("ab")
@@ -122,7 +125,7 @@ def run_wrk(url: str, conc: int, secs: float, body: bytes, key: str, tmp: Path) 
         '\\"errors\\":%d,\\"p50\\":%d,\\"p99\\":%d}\\n", summary.requests, summary.duration, summary.errors.status,'
         " summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,"
         " latency:percentile(50), latency:percentile(99)))\nend\n")
-    r = subprocess.run(["wrk", "-t2", f"-c{conc}", f"-d{max(1, round(secs))}s", "--timeout", "30s", "-s",
+    r = subprocess.run([*PIN["load"], "wrk", "-t2", f"-c{conc}", f"-d{max(1, round(secs))}s", "--timeout", "30s", "-s",
                         str(script), url], capture_output=True, text=True, timeout=secs + 60)
     line = next((ln for ln in r.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
     if line is None:
@@ -134,7 +137,7 @@ def run_wrk(url: str, conc: int, secs: float, body: bytes, key: str, tmp: Path) 
 
 
 def run_sse(url: str, conc: int, secs: float, body: bytes, key: str) -> dict[str, Any]:
-    r = subprocess.run([PY, str(BENCH / "sse_load.py"), url, "-c", str(conc), "-d", str(secs), "--body",
+    r = subprocess.run([*PIN["load"], PY, str(BENCH / "sse_load.py"), url, "-c", str(conc), "-d", str(secs), "--body",
                         body.decode(), "-H", f"Authorization: Bearer {key}", "--grace", "30"],
                        capture_output=True, text=True, timeout=secs + 120)
     if r.returncode != 0:
@@ -162,16 +165,26 @@ def main() -> None:
     p.add_argument("--billing", default="", help="extra [billing] keys for the metered gateway, e.g. "
                    "'commit_interval_ms = 2'")
     p.add_argument("--modes", default="off,on")
+    p.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
+                   help="pin the gateway to the last CPU and the load generator + fake upstream to the others "
+                        "(taskset), so the gateway's own CPU cost decides its throughput")
     p.add_argument("--no-docs", action="store_true")
     p.add_argument("--docs", default=str(ROOT / "docs" / "performance.md"))
     a = p.parse_args()
+    ncpu = os.cpu_count() or 1
+    if a.pin and ncpu >= 2 and shutil.which("taskset"):
+        PIN["gateway"] = ["taskset", "-c", str(ncpu - 1)]
+        PIN["load"] = ["taskset", "-c", f"0-{ncpu - 2}"]
+    else:
+        a.pin = False
     tmp = Path(tempfile.mkdtemp(prefix="stepplan-metering-"))
     procs: list[Proc] = []
     results: dict[str, dict[str, list[dict[str, Any]]]] = {}
     checks: list[str] = []
     try:
         up_port = free_port()
-        up = Proc([PY, str(BENCH / "fake_upstream.py"), "--port", str(up_port), "--chunks", "16"], tmp / "up.log")
+        up = Proc([*PIN["load"], PY, str(BENCH / "fake_upstream.py"), "--port", str(up_port), "--chunks", "16"],
+                  tmp / "up.log")
         procs.append(up)
         wait_http(up_port, "/healthz", up)
         modes = a.modes.split(",")
@@ -187,8 +200,8 @@ def main() -> None:
                     cfg, key = cfgs[mode]
                     before = ledger_entries(cfg) if mode == "on" else 0
                     port = free_port()
-                    gw = Proc([*STEPPLAN, "serve", "--config", str(cfg), "--port", str(port), "--workers", "1"],
-                              tmp / f"gw-{mode}.log")
+                    gw = Proc([*PIN["gateway"], *STEPPLAN, "serve", "--config", str(cfg), "--port", str(port),
+                               "--workers", "1"], tmp / f"gw-{mode}.log")
                     procs.append(gw)
                     wait_http(port, "/healthz", gw)
                     url = f"http://127.0.0.1:{port}/step_plan/v1/chat/completions"
@@ -248,7 +261,9 @@ def render(summary: dict[str, Any], a: argparse.Namespace, checks: list[str]) ->
         f"`bench/metering.py` on {when}: one `stepplan serve` worker on SQLite (WAL), fake upstream "
         f"`bench/fake_upstream.py` (16 chunks), {a.concurrency} concurrent clients, {a.duration:g} s per run, "
         f"{a.rounds} alternating rounds per mode (median shown), {os.cpu_count()} CPUs "
-        f"({platform.machine()}, Python {platform.python_version()}). The load generator shares the machine.",
+        f"({platform.machine()}, Python {platform.python_version()}). "
+        + ("The gateway is pinned to one CPU, the load generator and fake upstream to the other(s)."
+           if a.pin else "The load generator shares the machine."),
         "",
         "| scenario | metering off req/s | metering on req/s | cost | p50 off / on (ms) | rounds (off, on) |",
         "|---|---|---|---|---|---|",

@@ -63,6 +63,10 @@ class _Pending:
     fut: asyncio.Future[None]
 
 
+def _nn(n: int) -> int:
+    return n if n > 0 else 0
+
+
 def reservation_amount(rates: Rates, input_tokens: int, max_output: int, cap: int) -> int:
     """The hold for a call: input estimate × input rate + max output × output rate, capped."""
     return min(cap, max(0, input_tokens) * rates.input + max(0, max_output) * rates.output)
@@ -88,11 +92,13 @@ class CreditMeter:
         self._closing = False
         self._closed = False
         self._epoch = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.writer = writer_for(settings.database_url, sessions)
         self.stats = {"batches": 0, "entries": 0, "leases": 0, "returns": 0, "reaped": 0, "direct": 0}
 
     # ================================================================== life cycle
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         async with self.sessions() as s:
             await ledger.register_owner(s, self.owner, int(time.time()))
             self._epoch = await store.read_billing_epoch(s)
@@ -102,6 +108,7 @@ class CreditMeter:
         self._maint = asyncio.create_task(self._maintain_loop(), name="credit-maintenance")
 
     async def stop(self) -> None:
+        log.info("credit meter stopping: %s", self.stats)
         self._closing = True
         self._wake.set()
         if self._maint is not None:
@@ -256,7 +263,7 @@ class CreditMeter:
 
     # ================================================================== settle
     def settle(self, res: Reservation, outcome: Outcome) -> Awaitable[None]:
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         if res.settled:
             prior = res.data.get("fut")
             if isinstance(prior, asyncio.Future):
@@ -281,9 +288,9 @@ class CreditMeter:
         entry = {
             "request_id": res.request_id, "owner": self.owner, "account_id": res.key.account_id,
             "key_id": res.key.key_id, "requested_model": res.requested_model[:128],
-            "served_model": outcome.served.id[:128], "input_tokens": max(0, u.input),
-            "cache_read_tokens": max(0, u.cache_read), "cache_write_tokens": max(0, u.cache_write),
-            "output_tokens": max(0, u.output), "reasoning_tokens": max(0, u.reasoning), "usage_known": u.known,
+            "served_model": outcome.served.id[:128], "input_tokens": _nn(u.input),
+            "cache_read_tokens": _nn(u.cache_read), "cache_write_tokens": _nn(u.cache_write),
+            "output_tokens": _nn(u.output), "reasoning_tokens": _nn(u.reasoning), "usage_known": u.known,
             "rate_input": rates.input, "rate_cache": rates.cache, "rate_output": rates.output, "cost": cost,
             "charged": st.charge, "uncollected": cost - st.charge, "reserved": res.amount,
             "status": outcome.status[:24], "route_score": outcome.route_score,
@@ -327,7 +334,7 @@ class CreditMeter:
 
     async def _flush(self, batch: list[_Pending]) -> None:
         """Write one batch durably; retries transient errors until it is written."""
-        delay, bugs = 0.01, 0
+        delay, bugs = 0.001, 0
         direct = [p for p in batch if p.st.direct]
         pending = [p for p in batch if not p.st.direct]
         while pending:
@@ -348,7 +355,9 @@ class CreditMeter:
                 pending, more_direct = await self._resolve_conflicts(pending)
                 direct += more_direct
             except (Transient, SQLAlchemyError, OSError) as exc:
-                log.warning("ledger write failed (%s: %s); retrying in %.2fs", type(exc).__name__, exc, delay)
+                # SQLite "database is locked" (another connection is writing) clears in a millisecond or two
+                (log.debug if delay < 0.05 else log.warning)(
+                    "ledger write failed (%s: %s); retrying in %.3fs", type(exc).__name__, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(1.0, delay * 2)
             except Exception:  # a bug, not the database: never hang the calls waiting on this batch

@@ -70,8 +70,10 @@ class Rates:
     output: int
 
     def cost(self, u: Usage) -> int:
-        return (max(0, u.input) * self.input + max(0, u.cache_read) * self.cache
-                + max(0, u.cache_write) * self.input + max(0, u.output) * self.output)
+        """Exact micro-credits; a negative count (a broken upstream) counts as zero."""
+        i, r, w, o = u.input, u.cache_read, u.cache_write, u.output
+        return ((i if i > 0 else 0) * self.input + (r if r > 0 else 0) * self.cache
+                + (w if w > 0 else 0) * self.input + (o if o > 0 else 0) * self.output)
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,6 +114,14 @@ class AccountState:
 
     def take(self, amount: int, now: int, mono: float) -> Holds | None:
         """Hold ``amount`` against this process's leases, earliest expiry first; all or nothing."""
+        if len(self.credit) == 1 and not self.windows:  # the common case: one monthly pool
+            p = self.credit[0]
+            if p.expires_at > now and p.leased - p.held >= amount:
+                p.held += amount
+                p.last_active = mono
+                holds = Holds()
+                holds.credit.append((p, amount))
+                return holds
         live = [p for p in self.credit if p.live(now)]
         if sum(p.free for p in live if p.free > 0) < amount:
             return None
@@ -147,6 +155,16 @@ class AccountState:
 
     def settle(self, holds: Holds, cost: int, now: int, mono: float) -> Settlement:
         """Release a call's holds and charge its exact cost (capped by what can be covered)."""
+        if len(holds.credit) == 1 and not holds.windows and not self.dead:
+            p, x = holds.credit[0]
+            if self.credit and self.credit[0] is p and cost <= p.leased - p.held + x:
+                # the common case: the earliest pot's lease covers the cost
+                p.held -= x
+                p.leased -= cost
+                p.used += cost
+                p.last_active = mono
+                holds.credit.clear()
+                return Settlement(cost, cost, [(p.id, cost)] if cost else [], [])
         held_pots = [p for p, _ in holds.credit]
         windows = [w for w, _ in holds.windows]
         self.release(holds)
