@@ -150,6 +150,12 @@ def run_sse(url: str, conc: int, secs: float, body: bytes, key: str) -> dict[str
             "p50_ms": lat.get("p50"), "p99_ms": lat.get("p99")}
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def ledger_entries(cfg: Path) -> int:
     view = json.loads(cli(cfg, "usage", "bench", "--json", "--from", "0"))
     return sum(r["calls"] for r in view["usage"]["records"])
@@ -209,8 +215,12 @@ def main() -> None:
                     if a.warmup:
                         (run_wrk(url, a.concurrency, a.warmup, body, key, tmp) if use_wrk
                          else run_sse(url, a.concurrency, a.warmup, body, key))
+                    cpu0 = cpu_seconds(gw.p.pid)
                     res = (run_wrk(url, a.concurrency, a.duration, body, key, tmp) if use_wrk
                            else run_sse(url, a.concurrency, a.duration, body, key))
+                    cpu = cpu_seconds(gw.p.pid) - cpu0
+                    # in-flight requests at the cut-off are not counted: a slight over-estimate, same for both
+                    res["cpu_us_per_request"] = cpu / res["requests"] * 1e6 if res["requests"] else None
                     gw.stop()
                     procs.remove(gw)
                     res["tool"] = "wrk" if use_wrk else "sse_load"
@@ -224,7 +234,8 @@ def main() -> None:
                                       f"warm-up), {written} ledger entries, `ledger check` passed")
                     results[scenario][mode].append(res)
                     print(f"{scenario} round {rnd + 1} metering {mode}: {res['req_per_s']:.0f} req/s "
-                          f"({res['requests']} ok, {res['errors']} errors)", file=sys.stderr)
+                          f"({res['requests']} ok, {res['errors']} errors), gateway CPU "
+                          f"{res['cpu_us_per_request']:.0f} µs/request", file=sys.stderr)
     finally:
         for pr in reversed(procs):
             pr.stop()
@@ -247,6 +258,8 @@ def summarize(results: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[str, 
             "cost_percent": round((off - on) / off * 100, 1) if off else None,
             "off_p50_ms": statistics.median(r["p50_ms"] for r in modes["off"] if r["p50_ms"] is not None),
             "on_p50_ms": statistics.median(r["p50_ms"] for r in modes["on"] if r["p50_ms"] is not None),
+            "off_cpu_us": statistics.median(r["cpu_us_per_request"] for r in modes["off"]),
+            "on_cpu_us": statistics.median(r["cpu_us_per_request"] for r in modes["on"]),
             "rounds": [(round(x["req_per_s"]), round(y["req_per_s"])) for x, y in zip(modes["off"], modes["on"],
                                                                                        strict=True)],
         }
@@ -265,13 +278,15 @@ def render(summary: dict[str, Any], a: argparse.Namespace, checks: list[str]) ->
         + ("The gateway is pinned to one CPU, the load generator and fake upstream to the other(s)."
            if a.pin else "The load generator shares the machine."),
         "",
-        "| scenario | metering off req/s | metering on req/s | cost | p50 off / on (ms) | rounds (off, on) |",
-        "|---|---|---|---|---|---|",
+        "| scenario | metering off req/s | metering on req/s | cost | gateway CPU per request off / on | "
+        "p50 off / on (ms) | rounds (off, on) req/s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for scenario, s in summary.items():
         rounds = ", ".join(f"({x}, {y})" for x, y in s["rounds"])
         lines.append(f"| {scenario} | {s['off_req_per_s']:.0f} | {s['on_req_per_s']:.0f} | "
-                     f"{s['cost_percent']:.1f}% | {s['off_p50_ms']:.2f} / {s['on_p50_ms']:.2f} | {rounds} |")
+                     f"{s['cost_percent']:.1f}% | {s['off_cpu_us']:.0f} / {s['on_cpu_us']:.0f} µs | "
+                     f"{s['off_p50_ms']:.2f} / {s['on_p50_ms']:.2f} | {rounds} |")
     lines += ["", "Every metered run wrote a ledger entry for every answered request (warm-up included) and "
               "passed `stepplan ledger check`:", ""]
     lines += [f"- {c}" for c in checks]

@@ -246,7 +246,10 @@ async def ledger_entries(request: HTTPRequest) -> Response:
     data = []
     for e in entries:
         row = {c: getattr(e, c) for c in cols}
-        for c in ("cost", "charged", "uncollected", "reserved", "rate_input", "rate_cache", "rate_output"):
+        if e.pot_id is not None:
+            charges.setdefault(e.request_id, []).insert(0, {"bucket_id": e.pot_id, "micro": str(e.pot_amount)})
+        for c in ("cost", "charged", "uncollected", "reserved", "rate_input", "rate_cache", "rate_output",
+                  "pot_amount"):
             row[c] = str(row[c])  # micro-credit integers can exceed JSON's safe integer range
         row["charges"] = charges.get(e.request_id, [])
         data.append(row)

@@ -2,13 +2,14 @@
 
 Checked, all with aggregate SQL (no table is loaded into memory):
 
-1. every pot's ``used`` equals the sum of the usage charges against it, and its
+1. every pot's ``used`` equals the sum of the charges against it (each entry's inline
+   ``pot_amount`` plus its ``usage_charges`` rows), and its
    ``leased`` equals the sum of its lease rows; ``0 <= used``, ``0 <= leased`` and
    ``used + leased <= total`` (no overdraft);
 2. every pot's ``total`` equals the credit its single ``issue`` event issued;
 3. every ledger entry's ``cost`` equals its tokens × the rates recorded with it,
    ``charged + uncollected = cost``, and ``charged`` equals its charges on credit pots
-   (window charges never exceed it); every charge belongs to an entry;
+   (inline plus rows; window charges never exceed it); every charge belongs to an entry;
 4. no lease is held by a dead process (one whose pid is gone on this host, whose
    heartbeat is older than the TTL, or that has no owner row): such a lease would be
    leaked credit. A running gateway reclaims these at start-up and every sweep.
@@ -20,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..store import ledger
@@ -56,8 +57,12 @@ async def check_ledger(s: AsyncSession, owner_ttl: float = 30.0) -> Report:
 
 
 async def _pots(s: AsyncSession, r: Report) -> None:
-    charged = (select(UsageCharge.pot_id.label("pot_id"), func.sum(UsageCharge.amount).label("n"))
-               .group_by(UsageCharge.pot_id).subquery())
+    inline = select(UsageEntry.pot_id.label("pot_id"), UsageEntry.pot_amount.label("amount")).where(
+        UsageEntry.pot_id.is_not(None))
+    spills = select(UsageCharge.pot_id.label("pot_id"), UsageCharge.amount.label("amount"))
+    both = union_all(inline, spills).subquery()
+    charged = (select(both.c.pot_id.label("pot_id"), func.sum(both.c.amount).label("n"))
+               .group_by(both.c.pot_id).subquery())
     leased = (select(CreditLease.pot_id.label("pot_id"), func.sum(CreditLease.amount).label("n"))
               .group_by(CreditLease.pot_id).subquery())
     issued = (select(BillingEvent.pot_id.label("pot_id"), func.sum(BillingEvent.credits).label("n"),
@@ -99,11 +104,13 @@ async def _entries(s: AsyncSession, r: Report) -> None:
               .where(CreditPot.kind.not_in(sorted(CREDIT_KINDS))).group_by(UsageCharge.request_id).subquery())
     recomputed = (e.input_tokens * e.rate_input + e.cache_read_tokens * e.rate_cache
                   + e.cache_write_tokens * e.rate_input + e.output_tokens * e.rate_output)
-    q = (select(e.request_id, e.cost, recomputed, e.charged, e.uncollected, func.coalesce(credit.c.n, 0),
+    credit_total = e.pot_amount + func.coalesce(credit.c.n, 0)
+    q = (select(e.request_id, e.cost, recomputed, e.charged, e.uncollected, credit_total,
                 func.coalesce(window.c.n, 0))
          .outerjoin(credit, credit.c.rid == e.request_id).outerjoin(window, window.c.rid == e.request_id)
          .where((e.cost != recomputed) | (e.charged + e.uncollected != e.cost) | (e.charged < 0)
-                | (e.uncollected < 0) | (func.coalesce(credit.c.n, 0) != e.charged)
+                | (e.uncollected < 0) | (credit_total != e.charged) | (e.pot_amount < 0)
+                | ((e.pot_id.is_(None)) & (e.pot_amount != 0))
                 | (func.coalesce(window.c.n, 0) > e.charged))
          .limit(MAX_LISTED))
     for rid, cost, recomp, charged, uncollected, credit_n, window_n in (await s.execute(q)).all():

@@ -381,9 +381,16 @@ class CreditMeter:
         charges: list[dict[str, Any]] = []
         converted: dict[int, int] = defaultdict(int)
         for p in pending:
-            entries.append(p.entry)
-            rid = p.entry["request_id"]
-            for pot_id, x in (*p.st.credit, *p.st.windows):
+            e = p.entry
+            entries.append(e)
+            rid = e["request_id"]
+            credit = p.st.credit
+            if credit:  # the first pot goes on the entry itself; only spills and windows need rows
+                e["pot_id"], e["pot_amount"] = credit[0]
+                converted[credit[0][0]] += credit[0][1]
+            else:
+                e["pot_id"], e["pot_amount"] = None, 0
+            for pot_id, x in (*credit[1:], *p.st.windows):
                 charges.append({"request_id": rid, "pot_id": pot_id, "amount": x})
                 converted[pot_id] += x
         return entries, charges, converted
@@ -421,19 +428,23 @@ class CreditMeter:
         for _ in range(200):
             try:
                 async with self.sessions() as s:
-                    rows: list[dict[str, Any]] = []
+                    taken: list[tuple[int, int]] = []
                     left = e["cost"]
                     for pot_id in st.direct_credit:
                         took = await ledger.charge_direct(s, pot_id, left)
                         if took:
-                            rows.append({"request_id": e["request_id"], "pot_id": pot_id, "amount": took})
+                            taken.append((pot_id, took))
                             left -= took
                     charged = e["cost"] - left
                     for pot_id in st.direct_windows:
                         took = await ledger.charge_direct(s, pot_id, charged)
                         if took:
-                            rows.append({"request_id": e["request_id"], "pot_id": pot_id, "amount": took})
-                    await ledger.write_entry(s, {**e, "charged": charged, "uncollected": left}, rows)
+                            taken.append((pot_id, took))
+                    first, rest = (taken[0], taken[1:]) if taken and taken[0][0] in st.direct_credit else (
+                        (None, 0), taken)
+                    rows = [{"request_id": e["request_id"], "pot_id": i, "amount": x} for i, x in rest]
+                    await ledger.write_entry(s, {**e, "charged": charged, "uncollected": left,
+                                                 "pot_id": first[0], "pot_amount": first[1]}, rows)
                     await s.commit()
                 return
             except IntegrityError:

@@ -4,7 +4,8 @@ Invariants every statement here keeps (and ``stepplan ledger check`` verifies):
 
 * ``pot.used + pot.leased <= pot.total`` (also a CHECK constraint);
 * ``pot.leased`` = the sum of the pot's ``credit_leases`` rows;
-* ``pot.used`` = the sum of the pot's ``usage_charges`` rows.
+* ``pot.used`` = the sum of the charges against the pot: ledger entries' inline
+  ``pot_amount`` (their first pot) plus ``usage_charges`` rows (spills, windows).
 
 Lock order, to rule out deadlocks (pitfall 25): a transaction touches the owner row
 first, then pots in ascending id order, then lease rows in ascending pot order. The

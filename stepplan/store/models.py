@@ -80,7 +80,7 @@ class Subscription(Base):
 class CreditPot(Base):
     """A bounded amount of credit: a monthly pool, a top-up pack, or a window limit.
 
-    ``used`` is what settled calls consumed (equal to the sum of its ``usage_charges``);
+    ``used`` is what settled calls consumed (the entries' ``pot_amount`` plus ``usage_charges``);
     ``leased`` is what gateway processes hold for calls in flight (equal to the sum of its
     ``credit_leases``). ``used + leased <= total`` is enforced by every write.
     """
@@ -153,6 +153,9 @@ class UsageEntry(Base):
     rate_output: Mapped[int] = mapped_column(BigInteger)
     cost: Mapped[int] = mapped_column(BigInteger)  # exact price of the usage
     charged: Mapped[int] = mapped_column(BigInteger)  # taken from credit pots
+    # The first (usually the only) pot charged and how much; further pots are in usage_charges.
+    pot_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    pot_amount: Mapped[int] = mapped_column(BigInteger, default=0)
     uncollected: Mapped[int] = mapped_column(BigInteger)  # cost - charged (credit ran out)
     reserved: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(24))
@@ -170,7 +173,8 @@ class UsageEntry(Base):
 
 
 class UsageCharge(Base):
-    """Which pots one ledger entry was charged to, and how much each."""
+    """Charges of one ledger entry beyond the pot recorded on the entry itself: a call that
+    spilled into a second pot, and window-limit counters."""
 
     __tablename__ = "usage_charges"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
