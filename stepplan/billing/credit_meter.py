@@ -317,11 +317,18 @@ class CreditMeter:
 
     # ================================================================== group commit
     async def _write_loop(self) -> None:
+        last, last_size = 0.0, 0
+        cfg = self.cfg
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self.cfg.commit_interval > 0 and not self._closing:
-                await asyncio.sleep(self.cfg.commit_interval)
+            if not self._closing:
+                wait = cfg.commit_interval
+                if last_size < cfg.flush_small_batch and len(self._queue) < cfg.flush_small_batch:
+                    wait = max(wait, cfg.flush_gap - (time.monotonic() - last))  # back-to-back small batches
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            last, last_size = time.monotonic(), len(self._queue)
             await self._drain()
             if self._closing and not self._queue:
                 return

@@ -118,6 +118,11 @@ class BillingConfig:
     # as the writer is free, and settlements that arrive while it writes share the next commit, so an idle
     # gateway adds no wait and a busy one still batches.
     commit_interval: float = 0.0
+    # When commits come back to back and carry few entries (streams ending one by one), wait until this long
+    # after the previous commit so the next batch gathers more; a quiet gateway, or one whose batches are
+    # already large, commits at once. Bounds the per-call share of transaction overhead under load.
+    flush_gap: float = 0.002
+    flush_small_batch: int = 8
     max_batch: int = 2_000
     heartbeat_seconds: float = 2.0
     owner_ttl_seconds: float = 30.0
@@ -151,6 +156,8 @@ class BillingConfig:
                 kw[attr] = int(raw.pop(k)) * MICRO
         if "commit_interval_ms" in raw:
             kw["commit_interval"] = float(raw.pop("commit_interval_ms")) / 1000
+        if "flush_gap_ms" in raw:
+            kw["flush_gap"] = float(raw.pop("flush_gap_ms")) / 1000
         if raw:
             raise ValueError(f"billing: unknown keys {sorted(raw)}")
         cfg = cls(plans=plans, packs=packs, **kw)
