@@ -235,6 +235,7 @@ class CreditMeter:
         if acct.dead or owner != self.owner:
             return 0  # reaped meanwhile: that lease is an orphan the sweep returns
         pot.leased += grant
+        pot.last_active = time.monotonic()  # a fresh lease is not idle (the maintenance loop returns idle ones)
         return grant
 
     # ================================================================== accounts
@@ -526,7 +527,9 @@ class CreditMeter:
         ``lease_idle_seconds`` (or whose pot expired), so other processes can use it."""
         now = self.clock.now()
         for acct in list(self._accounts.values()):
-            if not acct.lock.locked() and all(p.leased <= 0 and not p.held for p in acct.pots.values()) and (
+            if acct.lock.locked():
+                continue  # a reservation is leasing and holding right now
+            if all(p.leased <= 0 and not p.held for p in acct.pots.values()) and (
                     mono - max((p.last_active for p in acct.pots.values()), default=0.0) > 60):
                 self._accounts.pop(acct.account_id, None)  # idle: forget it, reload on next use
                 continue

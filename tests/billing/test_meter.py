@@ -210,3 +210,36 @@ async def test_two_meters_on_one_database_never_hold_more_than_the_credit(tmp_pa
         assert report.ok, report.problems
         assert report.stats["credit_leased_micro"] == 0  # both returned their leases at shut-down
     await env.engine.dispose()
+
+
+TINY_PACK = '[billing.packs.tiny]\ncredits = 3000\nprice = "1"\ndays = 1\n'
+
+
+async def test_a_lease_just_taken_is_not_returned_as_idle_before_it_is_held(tmp_path: Path) -> None:
+    """Regression: the maintenance loop could return a fresh lease (never held, so never
+    'active') between leasing and holding; the call then skipped the earliest-expiring pot."""
+    env = await _env(tmp_path, billing=TINY_PACK)
+    async with env.sessions() as s:
+        await store.topup(s, env.cfg, env.key.account_id, "tiny", int(time.time()))
+        await s.commit()
+    meter = CreditMeter(env.settings, env.sessions)
+    await meter.start()
+    try:
+        now = meter.clock.now()
+        acct = await meter._account(env.key.account_id, now)
+        pack = acct.credit[0]
+        assert pack.kind == "topup" and len(acct.credit) == 2
+        amount = 20_000 * 10**6  # more than the pack's 3,000 credits: the rest comes from the pool
+        async with acct.lock:
+            await meter._lease(acct, amount, now)
+            assert pack.leased == 3000 * 10**6
+            await meter._return_idle(time.monotonic())  # a maintenance tick while the reservation is leasing
+        assert pack.leased == 3000 * 10**6
+        await meter._return_idle(time.monotonic())  # and right after: a lease just taken is not idle
+        assert pack.leased == 3000 * 10**6
+        holds = acct.take(amount, now, time.monotonic())
+        assert holds is not None and holds.credit[0] == (pack, 3000 * 10**6)
+        acct.release(holds)
+    finally:
+        await meter.stop()
+        await env.engine.dispose()
