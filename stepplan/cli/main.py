@@ -106,7 +106,8 @@ def serve(ctx: click.Context, config: str | None, host: str, port: int, workers:
                err=True)
     uvicorn.run("stepplan.app:app_factory", factory=True, host=host, port=port, workers=workers,
                 loop="uvloop", http="httptools", log_level="warning" if level == "info" else level,
-                access_log=False, timeout_keep_alive=75, backlog=4096)
+                access_log=False, timeout_keep_alive=75, backlog=4096,
+                proxy_headers=False)  # client addresses are not used: skip the per-request middleware
 
 
 # ------------------------------------------------------------------ accounts and keys

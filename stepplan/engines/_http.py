@@ -10,11 +10,11 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import orjson
 
 from ..errors import GatewayError, UpstreamError, UpstreamTimeout, upstream_error_for_status
 from ..settings import UpstreamConfig
+from ._h1 import ConnectError, ConnectionPool, HTTPError, ReadTimeout, Response, render_headers
 from .base import parse_retry_after, sleep_backoff
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
@@ -37,34 +37,24 @@ class HTTPUpstream:
     def __init__(self, cfg: UpstreamConfig, auth_headers: dict[str, str]):
         self.cfg = cfg
         self.headers = {"content-type": "application/json", **auth_headers, **cfg.headers}
-        self._session: aiohttp.ClientSession | None = None
-
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.cfg.max_connections, ttl_dns_cache=300,
-                                               enable_cleanup_closed=True),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.cfg.connect_timeout,
-                                              sock_read=self.cfg.idle_timeout),
-                auto_decompress=True,
-            )
-        return self._session
+        self._static = render_headers(self.headers)
+        self.pool = ConnectionPool(cfg.base_url, max_connections=cfg.max_connections,
+                                   connect_timeout=cfg.connect_timeout)
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.pool.aclose()
 
-    async def _open(self, path: str, body: dict[str, Any], extra: dict[str, str]) -> aiohttp.ClientResponse:
+    async def _open(self, path: str, body: dict[str, Any], extra: dict[str, str], stream: bool) -> Response:
         """Send the request and wait for response headers; retry what is retryable."""
-        url = self.cfg.base_url + path
         data = orjson.dumps(body)
-        headers = {**self.headers, **extra} if extra else self.headers
+        headers = self._static + render_headers(extra) if extra else self._static
+        headers += b"Accept: text/event-stream\r\nAccept-Encoding: identity\r\n" if stream else \
+            b"Accept: application/json\r\nAccept-Encoding: gzip, deflate\r\n"
         attempt = 0
         while True:
             try:
                 async with asyncio.timeout(self.cfg.first_byte_timeout):
-                    resp = await self.session().post(url, data=data, headers=headers)
+                    resp = await self.pool.request("POST", path, headers, data, idle_timeout=self.cfg.idle_timeout)
             except TimeoutError as exc:
                 if attempt < self.cfg.max_retries:
                     attempt += 1
@@ -72,16 +62,19 @@ class HTTPUpstream:
                     continue
                 raise UpstreamTimeout(f"upstream {self.cfg.name} did not answer within "
                                       f"{self.cfg.first_byte_timeout:g}s") from exc
-            except aiohttp.ClientError as exc:
+            except HTTPError as exc:
                 if attempt < self.cfg.max_retries:
                     attempt += 1
                     await sleep_backoff(attempt, None)
                     continue
-                raise UpstreamError(f"cannot reach upstream {self.cfg.name}: {exc.__class__.__name__}") from exc
+                what = "cannot reach" if isinstance(exc, ConnectError) else "bad answer from"
+                raise UpstreamError(f"{what} upstream {self.cfg.name}: {exc}") from exc
             if resp.status < 400:
                 return resp
-            raw = await resp.read()
-            resp.release()
+            try:
+                raw = await resp.read()
+            except HTTPError:
+                raw = b""
             retry_after = parse_retry_after(resp.headers.get("retry-after"))
             if resp.status in RETRY_STATUSES and attempt < self.cfg.max_retries:
                 attempt += 1
@@ -92,15 +85,14 @@ class HTTPUpstream:
     async def post_json(self, path: str, body: dict[str, Any], extra: dict[str, str] | None = None) -> Any:
         try:
             async with asyncio.timeout(self.cfg.total_timeout):
-                resp = await self._open(path, body, extra or {})
-                try:
-                    raw = await resp.read()
-                finally:
-                    resp.release()
+                resp = await self._open(path, body, extra or {}, False)
+                raw = await resp.read()
+        except ReadTimeout as exc:
+            raise UpstreamTimeout(f"upstream {self.cfg.name} went idle for {self.cfg.idle_timeout:g}s") from exc
         except TimeoutError as exc:
             raise UpstreamTimeout(f"upstream {self.cfg.name} timed out") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"upstream {self.cfg.name} failed mid-response: {exc.__class__.__name__}") from exc
+        except HTTPError as exc:
+            raise UpstreamError(f"upstream {self.cfg.name} failed mid-response: {exc}") from exc
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -109,25 +101,23 @@ class HTTPUpstream:
     async def stream(self, path: str, body: dict[str, Any], extra: dict[str, str] | None = None
                      ) -> AsyncIterator[bytes]:
         """Yield raw body bytes as they arrive. Closing the iterator closes the upstream call."""
-        resp = await self._open(path, body, extra or {})
-        done = False
+        resp = await self._open(path, body, extra or {}, True)
+        del body  # sent: a long stream should not keep the (possibly large) request alive
+        chunks = resp.chunks()
         try:
             ctype = resp.headers.get("content-type", "")
             if "text/event-stream" not in ctype and "json" in ctype:
                 # Some servers answer a stream request with an error document and status 200.
                 raw = await resp.read()
                 raise UpstreamError(f"upstream {self.cfg.name} did not stream: {_error_message(raw)}")
-            async for chunk in resp.content.iter_any():
+            async for chunk in chunks:
                 yield chunk
-            done = True
-        except TimeoutError as exc:
+        except ReadTimeout as exc:
             raise UpstreamTimeout(f"upstream {self.cfg.name} went idle for {self.cfg.idle_timeout:g}s") from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamError(f"upstream {self.cfg.name} broke off the stream: {exc.__class__.__name__}") from exc
+        except HTTPError as exc:
+            raise UpstreamError(f"upstream {self.cfg.name} broke off the stream: {exc}") from exc
         except GatewayError:
             raise
         finally:
-            if done:
-                resp.release()  # keep the pooled connection
-            else:
-                resp.close()  # client went away or the upstream failed: drop the connection
+            await chunks.aclose()  # a body not read to the end closes its connection
+            resp.close()

@@ -40,11 +40,10 @@ class OpenAIEngine:
             raise UpstreamError(f"upstream {self.name} sent an unusable response: {exc}") from exc
 
     async def stream(self, req: Request, spec: ModelSpec, ctx: CallContext) -> AsyncIterator[Event]:
-        body = self._body(req, spec, ctx, True)
         decoder = StreamDecoder(req.stop)
         parser = SSEParser()
         done = False
-        source = self.http.stream("/chat/completions", body, ctx.extra_headers)
+        source = self.http.stream("/chat/completions", self._body(req, spec, ctx, True), ctx.extra_headers)
         try:
             async for raw in source:
                 for _, data in parser.feed(raw):
