@@ -325,8 +325,11 @@ class CreditMeter:
             self._wake.clear()
             if not self._closing:
                 wait = cfg.commit_interval
-                if last_size < cfg.flush_small_batch and len(self._queue) < cfg.flush_small_batch:
-                    wait = max(wait, cfg.flush_gap - (time.monotonic() - last))  # back-to-back small batches
+                if (last_size < cfg.flush_small_batch and len(self._queue) < cfg.flush_small_batch
+                        and self._inflight):
+                    # back-to-back small batches while other calls are still running: let them join;
+                    # with nothing else in flight there is nobody to wait for (concurrency 1)
+                    wait = max(wait, cfg.flush_gap - (time.monotonic() - last))
                 if wait > 0:
                     await asyncio.sleep(wait)
             last, last_size = time.monotonic(), len(self._queue)

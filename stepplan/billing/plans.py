@@ -119,8 +119,9 @@ class BillingConfig:
     # gateway adds no wait and a busy one still batches.
     commit_interval: float = 0.0
     # When commits come back to back and carry few entries (streams ending one by one), wait until this long
-    # after the previous commit so the next batch gathers more; a quiet gateway, or one whose batches are
-    # already large, commits at once. Bounds the per-call share of transaction overhead under load.
+    # after the previous commit so the next batch gathers more -- but only while other calls are in flight;
+    # a quiet gateway, a single client calling back to back, or a gateway whose batches are already large
+    # commits at once. Bounds the per-call share of transaction overhead under load.
     flush_gap: float = 0.002
     flush_small_batch: int = 8
     max_batch: int = 2_000
