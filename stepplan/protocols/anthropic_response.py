@@ -25,6 +25,7 @@ from .canonical import (
     Block,
     Event,
     Finish,
+    RedactedThinking,
     Response,
     StopReason,
     Text,
@@ -193,8 +194,8 @@ class StreamDecoder:
                 events.append(ThinkingDelta(cb["thinking"]))
             if cb.get("signature"):
                 events.append(ThinkingSignature(cb["signature"]))
-        elif kind == "redacted_thinking":
-            log.debug("dropping a streamed redacted_thinking block (no canonical stream event for it)")
+        elif kind == "redacted_thinking" and cb.get("data"):
+            events.append(RedactedThinking(str(cb["data"])))
         return events
 
     def _delta(self, data: dict[str, Any]) -> list[Event]:
@@ -273,7 +274,8 @@ class StreamEncoder:
 
     The state machine: ``start`` (message_start, ping) → for each block, in index order,
     ``content_block_start`` → deltas → ``content_block_stop``; at most one block is
-    open, and a block holds one kind of content (thinking, text, or one tool call).
+    open, and a block holds one kind of content (thinking, text, one tool call, or an
+    upstream's redacted_thinking, passed on whole).
     A thinking block's signature goes out as its last delta, just before it closes.
     ``end`` sends ``message_delta`` (stop reason, final usage) and ``message_stop``;
     it comes after settlement, so the usage is the one that was billed.
@@ -366,6 +368,8 @@ class StreamEncoder:
         if isinstance(ev, Finish):
             self.stop = ev
             return self._close()
+        if isinstance(ev, RedactedThinking):  # passed on whole, as it came: the client echoes it back
+            return self._open("redacted_thinking", {"type": "redacted_thinking", "data": ev.data})
         return b""
 
     def _tool(self, ev: ToolCallDelta) -> bytes:

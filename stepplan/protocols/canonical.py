@@ -177,6 +177,13 @@ class ThinkingSignature:
 
 
 @dataclass(slots=True)
+class RedactedThinking:
+    """A whole ``redacted_thinking`` block (opaque, encrypted reasoning) from an Anthropic upstream."""
+
+    data: str
+
+
+@dataclass(slots=True)
 class ToolCallDelta:
     index: int  # position among this response's tool calls (0, 1, ...)
     id: str | None = None  # set on the first delta of a call
@@ -197,4 +204,4 @@ class UsageUpdate:
     usage: Usage
 
 
-Event = TextDelta | ThinkingDelta | ThinkingSignature | ToolCallDelta | Finish | UsageUpdate
+Event = TextDelta | ThinkingDelta | ThinkingSignature | RedactedThinking | ToolCallDelta | Finish | UsageUpdate
