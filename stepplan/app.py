@@ -177,12 +177,14 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> ASG
         engines.preload()  # an in-process model starts loading in the background
         gateway = Gateway(settings, auth, engines, meter, Signer(secret),
                           Router(settings.catalog, settings.router))
+        await gateway.reasoning.start(sessions)
         app.state.gateway = gateway
         app.state.sessions = sessions
         app.state.settings = settings
         try:
             yield
         finally:
+            await gateway.reasoning.stop()
             await meter.stop()
             await auth.stop()
             await gateway.aclose()

@@ -245,6 +245,10 @@ class Gateway:
         served = route.engines[0]
         if served is not spec:
             req = check_capabilities(req, served) if spec.kind != "router" else _engine_view(req, served)
+        if self.reasoning.shared:
+            unknown = self.reasoning.unknown(req.messages)
+            if unknown:  # tool turns answered by another worker, or before a restart
+                await self.reasoning.prefetch(unknown)
         res = await self.meter.reserve(key, served, req, trace_id, estimate_request(req, body_size))
         return Call(self, req, spec, route, key, res, trace_id, t0)
 

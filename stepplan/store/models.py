@@ -200,3 +200,13 @@ class BillingEvent(Base):
     credits: Mapped[int] = mapped_column(BigInteger, default=0)  # micro-credits issued (issue events)
     detail: Mapped[str] = mapped_column(Text, default="{}")
     created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class ReasoningRecord(Base):
+    """The reasoning that led to a tool call, for clients that do not echo it back (DeepSeek-style
+    upstreams require it on later turns). Shared by every worker and kept across restarts; expires."""
+
+    __tablename__ = "reasoning_records"
+    call_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    reasoning: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
