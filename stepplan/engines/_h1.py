@@ -201,10 +201,17 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------ one exchange
     def send(self, head: bytes, body: bytes) -> None:
         self._reset()
-        assert self.transport is not None
-        self.transport.write(head + body if len(body) < 65536 else head)
-        if len(body) >= 65536:
-            self.transport.write(body)
+        t = self.transport
+        if t is None or t.is_closing():
+            raise _Stale("the connection closed before the request was sent")
+        try:
+            if len(body) < 65536:
+                t.write(head + body)
+            else:
+                t.write(head)
+                t.write(body)
+        except (OSError, RuntimeError) as exc:  # the socket went away between checks
+            raise _Stale(f"the connection closed before the request was sent: {exc}") from exc
 
     async def wait_headers(self) -> None:
         while not self._headers_done:
@@ -285,6 +292,19 @@ class Response:
         self._finish(False)
 
 
+def default_ssl_context() -> ssl.SSLContext:
+    """Certificate-verifying TLS with the system's CA store; the ``certifi`` bundle when the
+    system has none (slim containers) and certifi is installed."""
+    ctx = ssl.create_default_context()
+    if not ctx.cert_store_stats().get("x509_ca"):
+        try:
+            import certifi
+        except ImportError:
+            return ctx
+        ctx.load_verify_locations(certifi.where())
+    return ctx
+
+
 class ConnectionPool:
     """Keep-alive connections to one origin (scheme, host, port)."""
 
@@ -302,7 +322,7 @@ class ConnectionPool:
         self.host_header = host if default_port else f"{host}:{self.port}"
         self._ssl: ssl.SSLContext | None = None
         if url.scheme == "https":
-            self._ssl = ssl_context or ssl.create_default_context()
+            self._ssl = ssl_context or default_ssl_context()
         self.max_connections = max_connections
         self.connect_timeout = connect_timeout
         self.user_agent = user_agent
@@ -342,7 +362,8 @@ class ConnectionPool:
             while self._idle:
                 conn = next(reversed(self._idle))
                 del self._idle[conn]
-                if not conn.closed and now - conn.idle_since < KEEPALIVE_S:
+                if not conn.closed and now - conn.idle_since < KEEPALIVE_S and conn.transport is not None \
+                        and not conn.transport.is_closing():
                     return conn, True
                 conn.close()
                 self._forget(conn)
