@@ -156,6 +156,8 @@ class SqliteWriter:
                     converted: dict[int, int], now: int) -> None:
         self._write(owner, entries, charges, converted, now)
 
+    write_now = _write  # the synchronous form, for a caller already on the loop with nothing to batch
+
     def _checkpoint(self) -> None:
         conn = sqlite3.connect(self.path, timeout=5)
         try:

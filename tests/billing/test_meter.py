@@ -243,3 +243,39 @@ async def test_a_lease_just_taken_is_not_returned_as_idle_before_it_is_held(tmp_
     finally:
         await meter.stop()
         await env.engine.dispose()
+
+
+async def test_an_idle_meter_writes_at_once_and_a_busy_database_falls_back_to_the_writer(tmp_path: Path) -> None:
+    """With nothing to batch with, settlement commits inline (the future is done on return); when the
+    database is locked by another connection, the entry goes to the writer task, which retries until
+    the lock is gone, and is written exactly once."""
+    import sqlite3
+
+    env = await _env(tmp_path)
+    meter = CreditMeter(env.settings, env.sessions)
+    await meter.start()
+    try:
+        spec = env.settings.catalog.get(MODEL)
+        res = await meter.reserve(env.key, spec, req(), "inline-1", 10)
+        fut = meter.settle(res, outcome(meter))
+        assert fut.done()  # committed inline: no hand-off to the writer task
+        res = await meter.reserve(env.key, spec, req(), "inline-2", 10)
+        other = sqlite3.connect(str(tmp_path / "m.db"), isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        try:
+            fut = meter.settle(res, outcome(meter))
+            assert not fut.done()
+            await asyncio.sleep(0.2)
+            assert not fut.done()  # the writer backs off while the database is locked
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        await asyncio.wait_for(fut, 10)
+        async with env.sessions() as s:
+            ids = sorted(e.request_id for e in (await s.execute(select(UsageEntry))).scalars())
+            assert ids == ["inline-1", "inline-2"]
+            assert (await check_ledger(s)).ok
+        assert await _used(env) == 2 * (5 * 700_000 + 10 * 2_100_000)
+    finally:
+        await meter.stop()
+        await env.engine.dispose()
