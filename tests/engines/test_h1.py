@@ -53,6 +53,21 @@ async def server(handler: Handler, ssl_ctx: ssl.SSLContext | None = None) -> Asy
         srv.close()
 
 
+def answer(raw: bytes, *, hold: bool = True) -> Handler:
+    """A server that reads one request, sends ``raw``, then either waits for the client to close
+    the connection (``hold``; sets ``state["closed"]`` when it does) or hangs up at once."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: dict) -> None:
+        await read_request(reader)
+        writer.write(raw)
+        await writer.drain()
+        if hold:
+            await reader.read()
+            state["closed"].set()
+
+    return handler
+
+
 def json_answer(body: bytes, extra: bytes = b"") -> bytes:
     return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
             + str(len(body)).encode() + b"\r\n" + extra + b"\r\n" + body)
@@ -111,10 +126,7 @@ async def test_a_chunked_stream_is_delivered_as_it_arrives() -> None:
 
 
 async def test_a_close_delimited_body_ends_at_eof() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: dict) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it")
-        await writer.drain()
+    handler = answer(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nall of it", hold=False)
 
     async with server(handler) as (port, _):
         pool = ConnectionPool(f"http://127.0.0.1:{port}")
@@ -126,11 +138,7 @@ async def test_a_close_delimited_body_ends_at_eof() -> None:
 async def test_gzip_bodies_are_decoded() -> None:
     payload = b'{"text": "' + b"x" * 5000 + b'"}'
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: dict) -> None:
-        await read_request(reader)
-        writer.write(json_answer(gzip.compress(payload), b"Content-Encoding: gzip\r\n"))
-        await writer.drain()
-        await reader.read()
+    handler = answer(json_answer(gzip.compress(payload), b"Content-Encoding: gzip\r\n"))
 
     async with server(handler) as (port, _):
         pool = ConnectionPool(f"http://127.0.0.1:{port}")
@@ -140,10 +148,7 @@ async def test_gzip_bodies_are_decoded() -> None:
 
 
 async def test_a_pooled_connection_the_server_closed_is_replaced_transparently() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: dict) -> None:
-        await read_request(reader)
-        writer.write(json_answer(b"{}"))  # keep-alive by default, but the server hangs up anyway
-        await writer.drain()
+    handler = answer(json_answer(b"{}"), hold=False)  # keep-alive by default, but the server hangs up anyway
 
     async with server(handler) as (port, state):
         pool = ConnectionPool(f"http://127.0.0.1:{port}")
@@ -166,10 +171,7 @@ async def test_a_fresh_connection_closed_before_answering_is_an_error() -> None:
 
 
 async def test_a_body_cut_short_is_an_error_not_a_short_answer() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: dict) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this")
-        await writer.drain()
+    handler = answer(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this", hold=False)
 
     async with server(handler) as (port, _):
         pool = ConnectionPool(f"http://127.0.0.1:{port}")
@@ -180,11 +182,7 @@ async def test_a_body_cut_short_is_an_error_not_a_short_answer() -> None:
 
 
 async def test_garbage_instead_of_http_is_a_protocol_error() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: dict) -> None:
-        await read_request(reader)
-        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
-        await writer.drain()
-        await reader.read()
+    handler = answer(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
 
     async with server(handler) as (port, _):
         pool = ConnectionPool(f"http://127.0.0.1:{port}")
@@ -193,12 +191,7 @@ async def test_garbage_instead_of_http_is_a_protocol_error() -> None:
 
 
 async def test_an_idle_upstream_times_out_and_its_connection_is_dropped() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: dict) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
-        await writer.drain()
-        await reader.read()
-        state["closed"].set()
+    handler = answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
 
     async with server(handler) as (port, state):
         pool = ConnectionPool(f"http://127.0.0.1:{port}")
@@ -212,12 +205,7 @@ async def test_an_idle_upstream_times_out_and_its_connection_is_dropped() -> Non
 
 
 async def test_leaving_a_stream_early_closes_its_connection() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: dict) -> None:
-        await read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
-        await writer.drain()
-        await reader.read()  # returns when the client closes
-        state["closed"].set()
+    handler = answer(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")
 
     async with server(handler) as (port, state):
         pool = ConnectionPool(f"http://127.0.0.1:{port}")
