@@ -84,7 +84,24 @@ def _upstream(name: str, raw: dict[str, Any], env: dict[str, str]) -> UpstreamCo
     if protocol != "local" and not values.get("base_url"):
         raise ValueError(f"upstreams.{name}.base_url is required for protocol {protocol!r}")
     values["base_url"] = str(values.get("base_url", "")).rstrip("/")
+    if protocol != "local":
+        _check_http_upstream(name, values["base_url"], values.get("headers", {}), api_key)
     return UpstreamConfig(name=name, protocol=protocol, api_key=api_key, **values)
+
+
+def _check_http_upstream(name: str, base_url: str, headers: Any, api_key: Any) -> None:
+    """Refuse at start-up what the HTTP client would refuse on the first call."""
+    from .engines._h1 import parse_base_url, render_headers
+
+    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
+        raise ValueError(f"upstreams.{name}.headers must be a table of strings")
+    if api_key is not None and not isinstance(api_key, str):
+        raise ValueError(f"upstreams.{name}.api_key must be a string")
+    try:
+        parse_base_url(base_url)
+        render_headers({**headers, "authorization": api_key or ""})
+    except ValueError as exc:
+        raise ValueError(f"upstreams.{name}: {exc}") from None
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Settings:

@@ -292,6 +292,18 @@ class Response:
         self._finish(False)
 
 
+def parse_base_url(base_url: str) -> tuple[str, str, int, str]:
+    """``(scheme, host, port, path prefix)`` of an upstream's base URL; ValueError if unusable."""
+    url = urlsplit(base_url)
+    try:
+        port = url.port
+    except ValueError:
+        port = -1
+    if url.scheme not in ("http", "https") or not url.hostname or port == -1 or url.query or url.fragment:
+        raise ValueError(f"base_url must be an http(s) URL such as https://api.example.com/v1, not {base_url!r}")
+    return url.scheme, url.hostname, port or (443 if url.scheme == "https" else 80), url.path.rstrip("/")
+
+
 def default_ssl_context() -> ssl.SSLContext:
     """Certificate-verifying TLS with the system's CA store; the ``certifi`` bundle when the
     system has none (slim containers) and certifi is installed."""
@@ -310,13 +322,8 @@ class ConnectionPool:
 
     def __init__(self, base_url: str, *, max_connections: int = 10_000, connect_timeout: float = 10.0,
                  ssl_context: ssl.SSLContext | None = None, user_agent: str = "stepplan"):
+        self.scheme, self.host, self.port, self.prefix = parse_base_url(base_url)
         url = urlsplit(base_url)
-        if url.scheme not in ("http", "https") or not url.hostname:
-            raise ValueError(f"upstream base_url must be an http(s) URL, not {base_url!r}")
-        self.scheme = url.scheme
-        self.host = url.hostname
-        self.port = url.port or (443 if url.scheme == "https" else 80)
-        self.prefix = url.path.rstrip("/")
         default_port = self.port == (443 if url.scheme == "https" else 80)
         host = f"[{self.host}]" if ":" in self.host else self.host
         self.host_header = host if default_port else f"{host}:{self.port}"

@@ -270,3 +270,20 @@ async def test_https_upstreams_are_verified_and_work(tls_files: tuple[Path, Path
         resp = await trusted.request("POST", "/x", b"", b"{}", idle_timeout=5)
         assert resp.status == 200 and await resp.read() == b'{"n": 1}'
         await trusted.aclose()
+
+
+@pytest.mark.parametrize(("upstream", "message"), [
+    ('base_url = "localhost:8000/v1"', "must be an http"),
+    ('base_url = "http://127.0.0.1:99999/v1"', "must be an http"),
+    ('base_url = "http://127.0.0.1/v1"\nheaders = { "x-a" = "1\\r\\nx-b: 2" }', "invalid header"),
+    ('base_url = "http://127.0.0.1/v1"\napi_key = "sk-1\\n"', "invalid header"),
+    ('base_url = "http://127.0.0.1/v1"\nheaders = { "x-a" = 1 }', "table of strings"),
+])
+def test_an_unusable_upstream_config_is_refused_at_start_up(tmp_path: Path, upstream: str, message: str) -> None:
+    from stepplan.settings import load_settings
+
+    cfg = tmp_path / "stepplan.toml"
+    cfg.write_text(f'[upstreams.up]\nprotocol = "openai"\n{upstream}\n')
+    with pytest.raises(ValueError, match=message) as err:
+        load_settings(cfg, env={})
+    assert "upstreams.up" in str(err.value)
