@@ -7,6 +7,7 @@ per batch instead of one per request. Errors flush at once.
 
 from __future__ import annotations
 
+import collections
 import logging
 import sys
 import threading
@@ -21,14 +22,18 @@ class BatchingHandler(logging.Handler):
         super().__init__()
         self.stream = stream or sys.stderr
         self.interval = interval
-        self._buf: list[str] = []
+        # A deque: emitters on any thread append, the writer thread pops what is there. (Swapping
+        # a list could lose a line appended to the old list after the writer had read it.)
+        self._buf: collections.deque[str] = collections.deque()
+        self._flushing = threading.Lock()  # the writer thread and close() may flush at once
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
         self._thread.start()
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self._buf.append(self.format(record) + "\n")
+            line = self.format(record) + "\n"
+            self._buf.append(line)
         except Exception:
             self.handleError(record)
         if record.levelno >= logging.ERROR:
@@ -41,14 +46,17 @@ class BatchingHandler(logging.Handler):
             self.flush()
 
     def flush(self) -> None:
-        if not self._buf:
+        buf = self._buf
+        if not buf:
             return
-        buf, self._buf = self._buf, []  # swap under the GIL; emitters append to the new list
-        try:
-            self.stream.write("".join(buf))
-            self.stream.flush()
-        except (OSError, ValueError):
-            pass
+        with self._flushing:
+            pop = buf.popleft
+            text = "".join([pop() for _ in range(len(buf))])  # lines appended meanwhile wait for the next flush
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass
 
     def close(self) -> None:
         self.flush()
