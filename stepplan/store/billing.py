@@ -41,14 +41,17 @@ def _dialect(s: AsyncSession) -> str:
     return s.get_bind().dialect.name
 
 
-def upsert(s: AsyncSession, table: Any, values: dict[str, Any], keys: list[str], set_: dict[str, Any]) -> Any:
+def dialect_insert(s: AsyncSession, table: Any) -> Any:
+    """An INSERT for this session's database that supports ``on_conflict_do_update``."""
     if _dialect(s) == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert(table)
 
-        return pg_insert(table).values(**values).on_conflict_do_update(index_elements=keys, set_=set_)
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-    return sqlite_insert(table).values(**values).on_conflict_do_update(index_elements=keys, set_=set_)
+def upsert(s: AsyncSession, table: Any, values: dict[str, Any], keys: list[str], set_: dict[str, Any]) -> Any:
+    return dialect_insert(s, table).values(**values).on_conflict_do_update(index_elements=keys, set_=set_)
 
 
 async def bump_billing_epoch(s: AsyncSession) -> None:

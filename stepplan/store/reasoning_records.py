@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .billing import dialect_insert
 from .models import ReasoningRecord
 
 RECORDS = ReasoningRecord.__table__
@@ -15,11 +16,7 @@ RECORDS = ReasoningRecord.__table__
 
 async def save(s: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
     """Insert or refresh ``{"call_id", "reasoning", "expires_at"}`` rows. Caller commits."""
-    if s.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    stmt = insert(RECORDS)
+    stmt = dialect_insert(s, RECORDS)
     stmt = stmt.on_conflict_do_update(index_elements=["call_id"],
                                       set_={"reasoning": stmt.excluded.reasoning,
                                             "expires_at": stmt.excluded.expires_at})
