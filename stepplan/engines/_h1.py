@@ -251,12 +251,11 @@ class Connection(asyncio.Protocol):
 class Response:
     """An upstream answer whose headers have arrived; read the body once, then it is released."""
 
-    __slots__ = ("_conn", "_done", "_idle", "headers", "status")
+    __slots__ = ("_conn", "_idle", "headers", "status")
 
     def __init__(self, conn: Connection, idle_timeout: float | None):
         self._conn: Connection | None = conn
         self._idle = idle_timeout
-        self._done = False
         self.status = conn.status
         self.headers = conn.headers
 
@@ -323,13 +322,10 @@ class ConnectionPool:
     def __init__(self, base_url: str, *, max_connections: int = 10_000, connect_timeout: float = 10.0,
                  ssl_context: ssl.SSLContext | None = None, user_agent: str = "stepplan"):
         self.scheme, self.host, self.port, self.prefix = parse_base_url(base_url)
-        url = urlsplit(base_url)
-        default_port = self.port == (443 if url.scheme == "https" else 80)
+        https = self.scheme == "https"
         host = f"[{self.host}]" if ":" in self.host else self.host
-        self.host_header = host if default_port else f"{host}:{self.port}"
-        self._ssl: ssl.SSLContext | None = None
-        if url.scheme == "https":
-            self._ssl = ssl_context or default_ssl_context()
+        self.host_header = host if self.port == (443 if https else 80) else f"{host}:{self.port}"
+        self._ssl = (ssl_context or default_ssl_context()) if https else None
         self.max_connections = max_connections
         self.connect_timeout = connect_timeout
         self.user_agent = user_agent
