@@ -200,7 +200,7 @@ def length_scores(items: Sequence[Any]) -> list[float]:
     return [float(len(it.user_text())) for it in items]
 
 
-def cross_validated_scores(items: Sequence[Any], x: Any, folds: int, c: float, seed: int = 0) -> list[float]:
+def cross_validated_scores(items: Sequence[Any], x: Any, folds: int, alpha: float, seed: int = 0) -> list[float]:
     """Held-out scores: for each fold, train on the rest, score the fold with
     ``RouterScorer.score`` on the request itself (the server's code path)."""
     from train import fold_of, train
@@ -212,13 +212,13 @@ def cross_validated_scores(items: Sequence[Any], x: Any, folds: int, c: float, s
     for k in range(folds):
         tr = [i for i in range(len(items)) if fold[i] != k]
         te = [i for i in range(len(items)) if fold[i] == k]
-        scorer = RouterScorer(train([items[i] for i in tr], c, x[tr]))
+        scorer = RouterScorer(train([items[i] for i in tr], alpha, x[tr]))
         for i in te:
             scores[i] = scorer.score(items[i].route_input())
     return scores
 
 
-def leave_one_source_out(items: Sequence[Any], x: Any, c: float) -> dict[str, dict[str, float]]:
+def leave_one_source_out(items: Sequence[Any], x: Any, alpha: float) -> dict[str, dict[str, float]]:
     from train import train
 
     from stepplan.routing.scorer import RouterScorer
@@ -228,7 +228,7 @@ def leave_one_source_out(items: Sequence[Any], x: Any, c: float) -> dict[str, di
     for src, idx in groups.items():
         held = set(idx)
         tr = [i for i in range(len(items)) if i not in held]
-        scorer = RouterScorer(train([items[i] for i in tr], c, x[tr]))
+        scorer = RouterScorer(train([items[i] for i in tr], alpha, x[tr]))
         sc = [scorer.score(items[i].route_input()) for i in idx]
         out[src] = all_metrics(sc, [items[i].strong for i in idx], [items[i].weak for i in idx])
     out["macro"] = {m: statistics.fmean(r[m] for r in out.values()) for m in METRICS}
@@ -326,14 +326,14 @@ def print_table(title: str, results: dict[str, dict[str, dict[str, float]]], cis
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from train import DEFAULT_C, DEFAULT_DATA, DataMissing, feature_matrix, load_items
+    from train import DEFAULT_ALPHA, DEFAULT_DATA, DataMissing, feature_matrix, load_items
 
     ap = argparse.ArgumentParser(description="Cross-validated evaluation of the step-router-v1 scorer.")
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dev data dir (default: %(default)s)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0, help="fold assignment salt of the first repeat")
     ap.add_argument("--repeats", type=int, default=3, help="CV repeats with different fold salts (averaged)")
-    ap.add_argument("--C", type=float, default=DEFAULT_C, dest="c")
+    ap.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="ridge L2 strength")
     ap.add_argument("--boot", type=int, default=1000, help="bootstrap resamples (0 = none)")
     ap.add_argument("--no-loso", action="store_true", help="skip leave-one-source-out")
     ap.add_argument("--no-latency", action="store_true")
@@ -352,7 +352,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     x = feature_matrix(items)
-    runs = [cross_validated_scores(items, x, args.folds, args.c, args.seed + r) for r in range(max(args.repeats, 1))]
+    runs = [
+        cross_validated_scores(items, x, args.folds, args.alpha, args.seed + r) for r in range(max(args.repeats, 1))
+    ]
     routers = [Scored("length", length_scores(items)), Scored("router-cv", runs[0])]
     results = {r.name: evaluate_router(items, r.scores) for r in routers}
     per_run = [evaluate_router(items, sc) for sc in runs]
@@ -366,9 +368,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         **results,
     }
     cis = bootstrap(items, routers, args.boot) if args.boot > 0 else None
-    report: dict[str, Any] = {"folds": args.folds, "C": args.c, "items": len(items), "cv": results}
+    report: dict[str, Any] = {"folds": args.folds, "alpha": args.alpha, "items": len(items), "cv": results}
     report["cv_macro_apgr_per_repeat"] = [run["macro"]["APGR"] for run in per_run]
-    print(f"# step-router-v1 scorer: {len(items)} items, {args.folds}-fold CV x {len(runs)} repeats (C={args.c})")
+    print(
+        f"# step-router-v1 scorer: {len(items)} items, {args.folds}-fold CV x {len(runs)} repeats (alpha={args.alpha})"
+    )
     print_table(
         f"{args.folds}-fold cross-validation, held-out scores from the server scorer, mean of "
         f"{len(runs)} repeats (CIs: first repeat)",
@@ -391,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{first_delta:+.3f}, paired bootstrap 95% CI {_fmt_ci(d)} ({args.boot} resamples)"
         )
     if not args.no_loso:
-        loso = leave_one_source_out(items, x, args.c)
+        loso = leave_one_source_out(items, x, args.alpha)
         report["leave_one_source_out"] = loso
         print_table("leave-one-source-out (train on the other sources)", {"router-loso": loso}, None)
     from stepplan.routing.scorer import RouterScorer

@@ -1,6 +1,6 @@
 """Train the ``step-router-v1`` scorer and write ``stepplan/routing/weights.json``.
 
-    .venv/bin/python bench/router/train.py [--data DIR] [--out FILE] [--C 0.03]
+    .venv/bin/python bench/router/train.py [--data DIR] [--out FILE] [--alpha 300]
 
 Reads the labelled development data (``*.jsonl`` with ``messages``,
 ``strong_score``, ``weak_score``; default ``../shared/router-data-dev`` next to
@@ -36,30 +36,42 @@ if TYPE_CHECKING:
 
 DEFAULT_DATA = ROOT.parent / "shared" / "router-data-dev"
 SOURCES = ("mmlu", "gsm8k", "arc", "mbpp", "winogrande")
-DEFAULT_C = 0.03
+DEFAULT_ALPHA = 300.0
+#: The tree ensemble (scikit-learn ``HistGradientBoostingRegressor``): shallow
+#: trees, large leaves and a small learning rate, chosen by cross-validation.
+TREES: dict[str, Any] = {
+    "learning_rate": 0.03,
+    "max_iter": 200,
+    "max_depth": 3,
+    "min_samples_leaf": 100,
+    "l2_regularization": 1.0,
+}
+#: Weights of the two estimates in the rank blend.
+BLEND: dict[str, float] = {"linear": 0.5, "trees": 0.5}
 CLIP = 4.0
 N_QUANTILES = 101
 DEFAULT_PRO_SHARE = 0.3
 
-#: Hand-set weights (logit units, times the raw feature value), added to the
-#: learned score; see docs/router.md.  Two kinds:
+#: Hand-set weights, in standard deviations of the learned score's logit per
+#: unit of the raw feature value; :func:`train` converts them to logit units
+#: with the spread it measures, so they keep the same relative size whatever
+#: the model.  Two kinds:
 #: * request traits the single-turn development data never shows, so cannot be
 #:   learned: kept small, so that agent clients that always send tools or long
-#:   histories are not all sent to Pro (the spread of learned logits on the dev
-#:   data has a standard deviation of about 0.2);
+#:   histories are not all sent to Pro;
 #: * domain priors for the chat track (no dev data): longer queries and
 #:   explicit reasoning requests lean to Pro, chit-chat / creative requests to
 #:   Flash.  Checked not to hurt the cross-validated APGR.
 PRIOR: dict[str, float] = {
-    "n_user_turns": 0.05,  # log1p(user turns - 1)
-    "n_assistant_turns": 0.05,  # log1p(assistant turns)
+    "n_user_turns": 0.25,  # log1p(user turns - 1)
+    "n_assistant_turns": 0.25,  # log1p(assistant turns)
     "n_tool_turns": 0.0,  # tool-result continuations are execution steps
-    "log_tools": 0.05,  # log1p(tools offered): 20 tools -> +0.15
-    "thinking": 0.10,  # thinking explicitly enabled
-    "effort": 0.20,  # -1 (minimal) .. +1 (max/xhigh); unset or medium = 0
-    "log_query_words": 0.10,
-    "reason_task": 0.10,
-    "chat_task": -0.10,
+    "log_tools": 0.25,  # log1p(tools offered): 20 tools -> +0.75 SD
+    "thinking": 0.5,  # thinking explicitly enabled
+    "effort": 1.0,  # -1 (minimal) .. +1 (max/xhigh); unset or medium = 0
+    "log_query_words": 0.5,
+    "reason_task": 0.5,
+    "chat_task": -0.5,
 }
 
 
@@ -141,46 +153,80 @@ def _r(v: float, nd: int = 6) -> float:
     return float(f"{float(v):.{nd}g}")
 
 
+def centred_gain(strong: Iterable[float], weak: Iterable[float], sources: Sequence[str]) -> np.ndarray:
+    """``strong - weak`` minus its mean within each source: what the router
+    ranks by (APGR only compares items of the same source)."""
+    import numpy as np
+
+    gain = np.asarray(list(strong), dtype=float) - np.asarray(list(weak), dtype=float)
+    src = np.asarray(sources)
+    for s in set(src.tolist()):
+        m = src == s
+        gain[m] -= gain[m].mean()
+    return gain
+
+
+def _export_tree(nodes: Any) -> list[list[float]]:
+    out: list[list[float]] = []
+    for node in nodes:
+        if node["is_leaf"]:
+            out.append([_r(node["value"], 8)])
+        else:
+            if node["is_categorical"]:
+                raise ValueError("categorical splits are not supported")
+            out.append(
+                [
+                    int(node["feature_idx"]),
+                    float(node["num_threshold"]),  # exact: data values can sit on a threshold
+                    int(node["missing_go_to_left"]),
+                    int(node["left"]),
+                    int(node["right"]),
+                ]
+            )
+    return out
+
+
 def fit_weights(
     x: np.ndarray,
     strong: Iterable[float],
     weak: Iterable[float],
     sources: Sequence[str],
-    c: float = DEFAULT_C,
+    alpha: float = DEFAULT_ALPHA,
 ) -> dict[str, Any]:
-    """Fit the two logistic heads; returns a weights dict for ``RouterScorer``
-    (without ``score_quantiles``; see :func:`add_quantiles`)."""
+    """Fit the ridge and the tree ensemble on the within-source centred gain;
+    returns a weights dict for ``RouterScorer`` (the blend's rank tables and
+    the priors are filled in by :func:`train`)."""
     import numpy as np
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.ensemble import HistGradientBoostingRegressor
+    from sklearn.linear_model import Ridge
 
-    ys = np.asarray(list(strong), dtype=float) >= 0.5
-    yw = np.asarray(list(weak), dtype=float) >= 0.5
+    y = centred_gain(strong, weak, sources)
     sw = source_weights(sources)
     x = np.array(x, dtype=float)
     mean = np.nanmean(x, axis=0)
     scale = np.nanstd(x, axis=0)
     learned = [j for j in range(x.shape[1]) if scale[j] > 1e-9]
     mean, scale = mean[learned], scale[learned]
-    z = (x[:, learned] - mean) / scale
+    raw = x[:, learned]
+    z = (raw - mean) / scale
     z = np.where(np.isnan(z), 0.0, np.clip(z, -CLIP, CLIP))
-    heads = {}
-    for name, y in (("strong", ys), ("weak", yw)):
-        model = LogisticRegression(C=c, max_iter=5000, tol=1e-8)
-        model.fit(z, y.astype(int), sample_weight=sw)
-        heads[name] = {
-            "coef": [_r(v) for v in model.coef_[0]],
-            "intercept": _r(model.intercept_[0]),
-        }
+    ridge = Ridge(alpha=alpha).fit(z, y, sample_weight=sw)
+    trees = HistGradientBoostingRegressor(**TREES, early_stopping=False, random_state=0)
+    trees.fit(raw, y, sample_weight=sw)
     return {
         "format": FORMAT,
-        "model": "two-head logistic: score = (1 + P(strong right) - P(weak right)) / 2",
+        "model": "rank blend of a ridge and gradient-boosted trees, both estimating E[strong - weak | request]",
         "features": [FEATURES[j] for j in learned],
         "mean": [_r(v) for v in mean],
         "scale": [_r(v) for v in scale],
         "clip": CLIP,
-        "strong": heads["strong"],
-        "weak": heads["weak"],
-        "prior": dict(PRIOR),
+        "linear": {"coef": [_r(v) for v in ridge.coef_], "intercept": _r(ridge.intercept_)},
+        "trees": {
+            "baseline": _r(float(np.ravel(trees._baseline_prediction)[0]), 9),
+            "nodes": [_export_tree(p[0].nodes) for p in trees._predictors],
+        },
+        "blend": {name: {"weight": w, "cdf": [0.0, 1.0]} for name, w in BLEND.items()},
+        "prior": {},
         "default_pro_share": DEFAULT_PRO_SHARE,
     }
 
@@ -205,17 +251,38 @@ def add_quantiles(weights: dict[str, Any], scores: Sequence[float], sources: Seq
     return weights
 
 
-def train(items: Sequence[Item], c: float = DEFAULT_C, x: np.ndarray | None = None) -> dict[str, Any]:
-    """Weights trained on ``items`` (features recomputed unless ``x`` given),
-    with the reference score distribution computed by the real scorer."""
+def _weighted_sd(values: np.ndarray, weights: np.ndarray) -> float:
+    import numpy as np
+
+    mu = np.average(values, weights=weights)
+    return float(np.sqrt(np.average((values - mu) ** 2, weights=weights)))
+
+
+def train(items: Sequence[Item], alpha: float = DEFAULT_ALPHA, x: np.ndarray | None = None) -> dict[str, Any]:
+    """Weights trained on ``items`` (features recomputed unless ``x`` given):
+    the two estimates, their rank tables, the priors scaled to the spread of
+    the blended score, and the reference score distribution, all computed by
+    the real scorer."""
+    import numpy as np
+
     from stepplan.routing.scorer import RouterScorer
 
     if x is None:
         x = feature_matrix(items)
     sources = [it.source for it in items]
-    weights = fit_weights(x, [it.strong for it in items], [it.weak for it in items], sources, c)
+    sw = source_weights(sources)
+    weights = fit_weights(x, [it.strong for it in items], [it.weak for it in items], sources, alpha)
+    rows = x.tolist()
+    scorer = RouterScorer(weights)
+    for name, estimate in (("linear", scorer.linear), ("trees", scorer.trees)):
+        weights["blend"][name]["cdf"] = weighted_quantiles([estimate(r) for r in rows], sw)
+    scorer = RouterScorer(weights)
+    blended = np.clip([scorer.blend(r) for r in rows], 1e-4, 1 - 1e-4)
+    spread = _weighted_sd(np.log(blended / (1 - blended)), sw)
+    weights["prior"] = {name: _r(w * spread) for name, w in PRIOR.items()}
+    weights["prior_unit"] = _r(spread)
     scorer = RouterScorer({**weights, "score_quantiles": [0.0, 1.0]})
-    scores = [scorer.score_features(row) for row in x.tolist()]
+    scores = [scorer.score_features(r) for r in rows]
     return add_quantiles(weights, scores, sources)
 
 
@@ -223,19 +290,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dev data dir (default: %(default)s)")
     ap.add_argument("--out", type=Path, default=WEIGHTS_PATH, help="weights file (default: %(default)s)")
-    ap.add_argument("--C", type=float, default=DEFAULT_C, dest="c", help="inverse L2 strength (default: %(default)s)")
+    ap.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="ridge L2 strength (default: %(default)s)")
     args = ap.parse_args(argv)
     try:
         items = load_items(args.data)
     except DataMissing as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    weights = train(items, args.c)
+    weights = train(items, args.alpha)
     counts: dict[str, int] = {}
     for it in items:
         counts[it.source] = counts.get(it.source, 0) + 1
     weights["training"] = {
-        "C": args.c,
+        "ridge_alpha": args.alpha,
+        "trees": TREES,
+        "blend": BLEND,
         "items": counts,
         "data_sha256_16": data_fingerprint(args.data),
         "sample_weighting": "each source equal",

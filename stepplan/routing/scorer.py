@@ -1,25 +1,32 @@
 """The ``step-router-v1`` scorer: P(pro) in [0, 1] for a request.
 
 Model (trained by ``bench/router/train.py``, stored in ``weights.json``): two
-L2-regularised logistic regressions over the standardised features of
-:mod:`stepplan.routing.features`, one for "the strong model answers well"
-(``strong``) and one for "the weak model answers well" (``weak``).  Their
-difference estimates the expected quality gain of Pro over Flash, which is
-what the router should rank by; the score is ``(1 + p_strong - p_weak) / 2``.
+estimates of the expected quality gain of Pro over Flash, ``E[strong - weak |
+request]``, which is exactly what the router should rank by:
 
-Features the development data cannot teach (conversation turns, tools,
-thinking, effort, system prompt) carry small hand-set ``prior`` weights,
-added in logit space, so agentic and explicitly high-effort requests lean
-towards Pro.
+* ``linear``: a ridge regression on the standardised features
+  (:mod:`stepplan.routing.features`, clipped at a few standard deviations);
+* ``trees``: a small ensemble of shallow gradient-boosted regression trees on
+  the raw features (undefined values, NaN, follow each split's learned
+  missing-value branch).
+
+Each estimate is mapped to its rank among the training items (an empirical
+CDF stored as quantiles) and the two ranks are averaged with fixed weights, so
+the score is a rank blend in [0, 1].  Features the development data cannot
+teach (conversation turns, tools, thinking, effort) carry small hand-set
+``prior`` weights, added in logit space, so agentic and explicitly
+high-effort requests lean towards Pro.
 
 Pure Python; weights are loaded once; one :meth:`RouterScorer.score` call is
-a feature pass plus two dot products of a few dozen terms.
+a feature pass, a dot product of a few dozen terms and a few hundred tree-node
+comparisons.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from bisect import bisect_left, bisect_right
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -29,7 +36,11 @@ from stepplan.routing.features import FEATURES, extract
 from stepplan.routing.policy import RouteInput, threshold_for_pro_share
 
 WEIGHTS_PATH = Path(__file__).with_name("weights.json")
-FORMAT = "stepplan-router/1"
+FORMAT = "stepplan-router/2"
+
+#: A tree: a leaf value, or a split ``(feature column, threshold, NaN goes
+#: left, left subtree, right subtree)`` where ``x <= threshold`` goes left.
+Tree = float | tuple[Any, ...]
 
 
 def _sigmoid(z: float) -> float:
@@ -37,6 +48,49 @@ def _sigmoid(z: float) -> float:
         return 1.0 / (1.0 + math.exp(-z))
     e = math.exp(z)
     return e / (1.0 + e)
+
+
+def cdf(value: float, quantiles: Sequence[float]) -> float:
+    """Rank of ``value`` in a distribution given by ``n`` ascending quantiles
+    at probabilities ``i / (n - 1)``, in [0, 1], linearly interpolated; a value
+    that equals a run of tied quantiles gets the middle of the run."""
+    n = len(quantiles)
+    if n < 2:
+        return 0.5
+    lo = bisect_left(quantiles, value)
+    hi = bisect_right(quantiles, value)
+    if lo != hi:  # on one or more quantiles: middle of the tied run
+        return (lo + hi - 1) / 2 / (n - 1)
+    if lo == 0:
+        return 0.0
+    if lo == n:
+        return 1.0
+    a, b = quantiles[lo - 1], quantiles[lo]
+    return (lo - 1 + (value - a) / (b - a)) / (n - 1)
+
+
+def _tree(flat: Sequence[Sequence[float]], index: Mapping[str, int], names: Sequence[str]) -> Tree:
+    """Nested form of one exported tree (a flat node list, root first; a leaf is
+    ``[value]``, a split ``[feature, threshold, nan_left, left, right]``)."""
+
+    def build(i: int, depth: int) -> Tree:
+        if not 0 <= i < len(flat) or depth > 64:
+            raise ValueError("router weights: malformed tree")
+        node = flat[i]
+        if len(node) == 1:
+            return float(node[0])
+        if len(node) != 5:
+            raise ValueError("router weights: malformed tree node")
+        col, thr, nan_left, left, right = node
+        return (
+            index[names[int(col)]],
+            float(thr),
+            bool(nan_left),
+            build(int(left), depth + 1),
+            build(int(right), depth + 1),
+        )
+
+    return build(0, 0)
 
 
 class RouterScorer:
@@ -59,14 +113,24 @@ class RouterScorer:
         self._mean: tuple[float, ...] = tuple(float(v) for v in weights["mean"])
         self._inv_scale: tuple[float, ...] = tuple(1.0 / float(v) if float(v) > 0 else 0.0 for v in weights["scale"])
         self._clip = float(weights.get("clip", 4.0))
-        strong, weak = weights["strong"], weights["weak"]
-        self._ws: tuple[float, ...] = tuple(float(v) for v in strong["coef"])
-        self._ww: tuple[float, ...] = tuple(float(v) for v in weak["coef"])
-        self._bs = float(strong["intercept"])
-        self._bw = float(weak["intercept"])
-        n = len(names)
-        if not (len(self._mean) == len(self._inv_scale) == len(self._ws) == len(self._ww) == n):
+        linear = weights["linear"]
+        self._coef: tuple[float, ...] = tuple(float(v) for v in linear["coef"])
+        self._intercept = float(linear["intercept"])
+        if not (len(self._mean) == len(self._inv_scale) == len(self._coef) == len(names)):
             raise ValueError("router weights: length mismatch")
+        trees = weights["trees"]
+        self._baseline = float(trees["baseline"])
+        self._trees: tuple[Tree, ...] = tuple(_tree(t, index, names) for t in trees["nodes"])
+        blend = weights["blend"]
+        self._w_linear = float(blend["linear"]["weight"])
+        self._w_trees = float(blend["trees"]["weight"])
+        self._q_linear: list[float] = [float(v) for v in blend["linear"]["cdf"]]
+        self._q_trees: list[float] = [float(v) for v in blend["trees"]["cdf"]]
+        total = self._w_linear + self._w_trees
+        if total <= 0 or self._w_linear < 0 or self._w_trees < 0:
+            raise ValueError("router weights: blend weights must be non-negative with a positive sum")
+        self._w_linear /= total
+        self._w_trees /= total
         prior = weights.get("prior", {})
         self._prior: tuple[tuple[int, float], ...] = tuple(
             (index[name], float(w)) for name, w in sorted(prior.items()) if float(w) != 0.0
@@ -75,11 +139,11 @@ class RouterScorer:
         self.default_pro_share = float(weights.get("default_pro_share", 0.3))
         self.meta: dict[str, Any] = dict(weights.get("training", {}))
 
-    def components(self, x: Sequence[float]) -> tuple[float, float, float]:
-        """``(p_strong, p_weak, prior_logit)`` for a feature vector."""
-        zs, zw = self._bs, self._bw
+    def linear(self, x: Sequence[float]) -> float:
+        """The ridge estimate of the gain."""
+        z_sum = self._intercept
         clip = self._clip
-        for col, mu, inv, ws, ww in zip(self._cols, self._mean, self._inv_scale, self._ws, self._ww, strict=True):
+        for col, mu, inv, w in zip(self._cols, self._mean, self._inv_scale, self._coef, strict=True):
             z = (x[col] - mu) * inv
             if z != z:  # undefined feature (NaN): treat as average
                 continue
@@ -87,20 +151,42 @@ class RouterScorer:
                 z = clip
             elif z < -clip:
                 z = -clip
-            zs += ws * z
-            zw += ww * z
+            z_sum += w * z
+        return z_sum
+
+    def trees(self, x: Sequence[float]) -> float:
+        """The tree-ensemble estimate of the gain."""
+        total = self._baseline
+        for node in self._trees:
+            while node.__class__ is tuple:
+                v = x[node[0]]
+                if v <= node[1]:
+                    node = node[3]
+                elif v != v:  # NaN: the branch learned for missing values
+                    node = node[3] if node[2] else node[4]
+                else:
+                    node = node[4]
+            total += node
+        return total
+
+    def prior(self, x: Sequence[float]) -> float:
+        """The hand-set logit adjustment for traits the data cannot teach."""
         adj = 0.0
         for col, w in self._prior:
             v = x[col]
             if v == v:
                 adj += w * v
-        return _sigmoid(zs), _sigmoid(zw), adj
+        return adj
+
+    def blend(self, x: Sequence[float]) -> float:
+        """Rank blend of the two estimates, before the prior."""
+        return self._w_linear * cdf(self.linear(x), self._q_linear) + self._w_trees * cdf(self.trees(x), self._q_trees)
 
     def score_features(self, x: Sequence[float]) -> float:
-        ps, pw, adj = self.components(x)
-        base = 0.5 * (1.0 + ps - pw)
+        base = self.blend(x)
+        adj = self.prior(x)
         if adj:
-            base = min(max(base, 1e-6), 1.0 - 1e-6)
+            base = min(max(base, 1e-4), 1.0 - 1e-4)
             base = _sigmoid(math.log(base / (1.0 - base)) + adj)
         return min(max(base, 0.0), 1.0)
 

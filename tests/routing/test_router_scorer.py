@@ -25,7 +25,7 @@ from stepplan.routing.policy import (
     route_input_from_openai_messages,
     threshold_for_pro_share,
 )
-from stepplan.routing.scorer import WEIGHTS_PATH, RouterScorer, default_scorer
+from stepplan.routing.scorer import FORMAT, WEIGHTS_PATH, RouterScorer, cdf, default_scorer
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "router-data-dev"
@@ -95,6 +95,82 @@ def test_score_in_unit_interval(inp: RouteInput) -> None:
     s = default_scorer().score(inp)
     assert isinstance(s, float) and math.isfinite(s) and 0.0 <= s <= 1.0
     assert len(extract(inp)) == len(FEATURES)
+
+
+def _hand_weights(**over: object) -> dict[str, object]:
+    """A two-feature model: ridge on ``log_query_chars`` only, one tree on ``digit_frac``
+    (NaN goes right) and ``log_query_chars``."""
+    w: dict[str, object] = {
+        "format": FORMAT,
+        "features": ["log_query_chars", "digit_frac"],
+        "mean": [3.0, 0.1],
+        "scale": [1.0, 0.1],
+        "clip": 2.0,
+        "linear": {"coef": [0.5, 0.0], "intercept": 0.0},
+        "trees": {
+            "baseline": 0.0,
+            # root: digit_frac <= 0.2 (NaN right); left: log_query_chars <= 3.0
+            "nodes": [[[1, 0.2, 0, 1, 4], [0, 3.0, 1, 2, 3], [-1.0], [1.0], [5.0]]],
+        },
+        "blend": {
+            "linear": {"weight": 1.0, "cdf": [-1.0, 0.0, 1.0]},
+            "trees": {"weight": 1.0, "cdf": [-1.0, 1.0, 5.0]},
+        },
+        "prior": {},
+        "score_quantiles": [0.0, 1.0],
+    }
+    w.update(over)
+    return w
+
+
+def _x(**vals: float) -> list[float]:
+    x = [0.0] * len(FEATURES)
+    for name, v in vals.items():
+        x[FEATURES.index(name)] = v
+    return x
+
+
+def test_tree_and_linear_evaluation() -> None:
+    s = RouterScorer(_hand_weights())
+    nan = float("nan")
+    # a value equal to the threshold goes left; NaN follows the stored branch
+    assert s.trees(_x(log_query_chars=3.0, digit_frac=0.2)) == -1.0
+    assert s.trees(_x(log_query_chars=3.5, digit_frac=0.0)) == 1.0
+    assert s.trees(_x(log_query_chars=3.5, digit_frac=0.9)) == 5.0
+    assert s.trees(_x(log_query_chars=3.5, digit_frac=nan)) == 5.0
+    assert s.trees(_x(log_query_chars=nan, digit_frac=0.0)) == -1.0
+    # ridge: standardised, clipped at 2 SD, NaN counts as average
+    assert s.linear(_x(log_query_chars=4.0)) == pytest.approx(0.5)
+    assert s.linear(_x(log_query_chars=100.0)) == pytest.approx(1.0)
+    assert s.linear(_x(log_query_chars=nan)) == 0.0
+    # blend: mean of the two ranks
+    assert s.blend(_x(log_query_chars=4.0, digit_frac=0.9)) == pytest.approx((0.75 + 1.0) / 2)
+    assert s.blend(_x(log_query_chars=2.0, digit_frac=0.0)) == pytest.approx((0.25 + 0.0) / 2)
+
+
+def test_cdf_interpolates_and_handles_ties() -> None:
+    q = [0.0, 1.0, 1.0, 1.0, 2.0]
+    assert cdf(-5.0, q) == 0.0 and cdf(9.0, q) == 1.0
+    assert cdf(0.5, q) == pytest.approx(0.125)
+    assert cdf(1.0, q) == pytest.approx(0.5)  # middle of the tied run
+    assert cdf(1.5, q) == pytest.approx(0.875)
+    assert cdf(0.3, [0.3]) == 0.5
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        {"format": "stepplan-router/1"},
+        {"features": ["no_such_feature", "digit_frac"]},
+        {"mean": [0.0]},
+        {"trees": {"baseline": 0.0, "nodes": [[[1, 0.2, 0, 1, 9], [1.0]]]}},
+        {"trees": {"baseline": 0.0, "nodes": [[[1, 0.2, 0]]]}},
+        {"blend": {"linear": {"weight": 0, "cdf": [0, 1]}, "trees": {"weight": 0, "cdf": [0, 1]}}},
+    ],
+)
+def test_bad_weights_are_refused(over: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        RouterScorer(_hand_weights(**over))
 
 
 def test_deterministic_across_instances() -> None:
