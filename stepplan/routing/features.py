@@ -139,7 +139,71 @@ FEATURES: tuple[str, ...] = (
     "log_max_number",
     "fractions_percent",
     "log_last_sentence_words",
+    # word-problem structure (on the stem: the query without option / instruction lines)
+    "log_quantities",
+    "log_units",
+    "log_rates",
+    "log_steps",
+    "money",
+    "percent",
+    "numeric_sentence_share",
+    "number_words",
+    "log_decimals",
+    # code-request structure
+    "code_signature",
+    "code_assert",
+    "code_data_words",
+    "code_algo_words",
+    "write_code",
+    # narrative
+    "pronoun_share",
 )
+
+
+# Word-problem, code-request and narrative cues (hand-written lists, like the
+# ones above): category of each word, counted on the stem.
+_STEM_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?|\d+(?:[.,]\d+)*")
+_STEM_SENTENCE = re.compile(r"[^.!?\n]+[.!?]?")
+_SIGNATURE = re.compile(r"\bdef\s+\w+\s*\(|\b\w+\s*\([a-z_, ]*\)\s*(?:->|:|==)")
+_WRITE_CODE = re.compile(r"\bwrite (?:a |an )?(?:python )?(?:function|program|script|code|class|method)\b")
+_NUMBER_WORD, _UNIT, _RATE, _STEP, _DATA_WORD, _ALGO_WORD, _PRONOUN = range(7)
+_STEM_CUES: dict[str, int] = {}
+for _cat, _words in (
+    (
+        _NUMBER_WORD,
+        "one two three four five six seven eight nine ten eleven twelve twenty thirty forty fifty hundred thousand "
+        "million",
+    ),
+    (
+        _UNIT,
+        "second seconds minute minutes hour hours day days week weeks month months year years mile miles km "
+        "kilometer kilometers meter meters metre metres cm mm feet foot inch inches yard yards pound pounds lb lbs "
+        "ounce ounces oz kg kilogram kilograms gram grams liter liters litre litres gallon gallons cup cups mph "
+        "dollar dollars cent cents degree degrees",
+    ),
+    (_RATE, "per each every times twice thrice double triple half quarter third dozen"),
+    (
+        _STEP,
+        "then after afterwards remaining remainder rest left fewer total altogether combined difference increase "
+        "increased increases decrease decreased decreases instead already still if average",
+    ),
+    (
+        _DATA_WORD,
+        "list lists array arrays tuple tuples dictionary dict string strings substring character characters matrix "
+        "set sets integer integers number numbers digit digits element elements index sequence",
+    ),
+    (
+        _ALGO_WORD,
+        "sort sorted sorting recursion recursive regex binary prime fibonacci permutation permutations combination "
+        "combinations subsequence palindrome maximum minimum sum count remove reverse nth lcm gcd heap graph tree",
+    ),
+    (_PRONOUN, "he she they him her them his their it its"),
+):
+    for _w in _words.split():
+        _STEM_CUES.setdefault(_w, _cat)
+_RATE_PHRASES = ("an hour", "a day", "a week", "a month", "a year")
+_STEP_PHRASES = ("more than", "less than", "in all")
+_MONEY_WORDS = ("dollar", "cent", "euro")
 
 
 def _log1p(x: float) -> float:
@@ -255,7 +319,9 @@ def extract(inp: RouteInput) -> list[float]:
 
     # Multiple-choice structure (options sit at the end of the query).
     n_opts = option_chars = numeric_opts = instr_chars = 0
+    stem = scan
     if _OPTION_LINE.search(scan):
+        kept: list[str] = []
         for line in scan.splitlines():
             if _OPTION_LINE.match(line):
                 n_opts += 1
@@ -265,6 +331,9 @@ def extract(inp: RouteInput) -> list[float]:
                     numeric_opts += 1
             elif line.lstrip().lower().startswith(_INSTRUCTION_PREFIXES):
                 instr_chars += len(line) + 1
+            else:
+                kept.append(line)
+        stem = "\n".join(kept)
     stem_chars = max(qlen - option_chars - instr_chars, 0)
 
     code_syntax = 0
@@ -315,4 +384,52 @@ def extract(inp: RouteInput) -> list[float]:
         _log1p(math.log10(min(max_num, 1e30) + 1.0)),
         _log1p(counts["fraction"]),
         _log1p(_last_sentence_words(scan)),
+        *_stem_cues(scan, lower, stem),
+    ]
+
+
+def _stem_cues(scan: str, lower: str, stem: str) -> list[float]:
+    """Word-problem, code-request and narrative structure, in :data:`FEATURES` order."""
+    stem_lower = stem.lower() if stem is not scan else lower
+    cnt = [0] * 7
+    n_num = n_dec = n_words = 0
+    get = _STEM_CUES.get
+    for w in _STEM_WORD.findall(stem_lower):
+        if w[0] <= "9":
+            n_num += 1
+            if "." in w:
+                n_dec += 1
+            continue
+        n_words += 1
+        c = get(w)
+        if c is not None:
+            cnt[c] += 1
+    rates = cnt[_RATE] + sum(stem_lower.count(p) for p in _RATE_PHRASES)
+    steps = cnt[_STEP] + sum(stem_lower.count(p) for p in _STEP_PHRASES)
+    money = stem.count("$") + stem.count("€") + stem.count("£") + sum(stem_lower.count(p) for p in _MONEY_WORDS)
+    percent = stem.count("%") + stem_lower.count("percent")
+    n_sent = n_num_sent = 0
+    for sentence in _STEM_SENTENCE.findall(stem):
+        if any(ch.isalpha() for ch in sentence):
+            n_sent += 1
+            if any(ch.isdigit() for ch in sentence):
+                n_num_sent += 1
+    signatures = min(len(_SIGNATURE.findall(scan)), 5) if "(" in scan else 0
+    write_code = 1.0 if "write" in lower and _WRITE_CODE.search(lower) else 0.0
+    return [
+        _log1p(n_num + cnt[_NUMBER_WORD]),
+        _log1p(cnt[_UNIT]),
+        _log1p(rates),
+        _log1p(steps),
+        _log1p(money),
+        _log1p(percent),
+        n_num_sent / n_sent if n_sent else 0.0,
+        _log1p(cnt[_NUMBER_WORD]),
+        _log1p(n_dec),
+        float(signatures),
+        float(min(lower.count("assert"), 5)),
+        _log1p(cnt[_DATA_WORD]),
+        _log1p(cnt[_ALGO_WORD]),
+        write_code,
+        cnt[_PRONOUN] / n_words if n_words else 0.0,
     ]
