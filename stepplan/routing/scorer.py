@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 from bisect import bisect_left, bisect_right
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -93,6 +93,34 @@ def _tree(flat: Sequence[Sequence[float]], index: Mapping[str, int], names: Sequ
     return build(0, 0)
 
 
+def compile_trees(trees: Sequence[Tree], baseline: float) -> Callable[[Sequence[float]], float]:
+    """One Python function that sums the trees' leaves for a feature vector:
+    straight-line ``if``/``else`` code, about three times faster than walking
+    the node tuples.  The source is generated from numbers only (``repr`` of
+    floats and ints already parsed from the weights file)."""
+    lines = ["def _trees(x):", f"    t = {float(baseline)!r}"]
+
+    def emit(node: Tree, indent: str) -> None:
+        if not isinstance(node, tuple):
+            lines.append(f"{indent}t += {float(node)!r}")
+            return
+        col, thr, nan_left, left, right = node
+        v = f"x[{int(col)}]"
+        cond = f"{v} <= {float(thr)!r}" + (f" or {v} != {v}" if nan_left else "")
+        lines.append(f"{indent}if {cond}:")
+        emit(left, indent + "    ")
+        lines.append(f"{indent}else:")
+        emit(right, indent + "    ")
+
+    for tree in trees:
+        emit(tree, "    ")
+    lines.append("    return t")
+    namespace: dict[str, Any] = {}
+    exec(compile("\n".join(lines), "<router-trees>", "exec"), namespace)
+    fn: Callable[[Sequence[float]], float] = namespace["_trees"]
+    return fn
+
+
 class RouterScorer:
     """Scores requests with the shipped (or given) weights."""
 
@@ -121,6 +149,7 @@ class RouterScorer:
         trees = weights["trees"]
         self._baseline = float(trees["baseline"])
         self._trees: tuple[Tree, ...] = tuple(_tree(t, index, names) for t in trees["nodes"])
+        self._tree_sum = compile_trees(self._trees, self._baseline)
         blend = weights["blend"]
         self._w_linear = float(blend["linear"]["weight"])
         self._w_trees = float(blend["trees"]["weight"])
@@ -156,6 +185,10 @@ class RouterScorer:
 
     def trees(self, x: Sequence[float]) -> float:
         """The tree-ensemble estimate of the gain."""
+        return self._tree_sum(x)
+
+    def trees_reference(self, x: Sequence[float]) -> float:
+        """The same sum by walking the node tuples (the definition; for tests)."""
         total = self._baseline
         for node in self._trees:
             while node.__class__ is tuple:

@@ -139,6 +139,8 @@ def test_tree_and_linear_evaluation() -> None:
     assert s.trees(_x(log_query_chars=3.5, digit_frac=0.9)) == 5.0
     assert s.trees(_x(log_query_chars=3.5, digit_frac=nan)) == 5.0
     assert s.trees(_x(log_query_chars=nan, digit_frac=0.0)) == -1.0
+    for x in (_x(log_query_chars=3.0, digit_frac=nan), _x(log_query_chars=nan, digit_frac=nan)):
+        assert s.trees(x) == s.trees_reference(x)
     # ridge: standardised, clipped at 2 SD, NaN counts as average
     assert s.linear(_x(log_query_chars=4.0)) == pytest.approx(0.5)
     assert s.linear(_x(log_query_chars=100.0)) == pytest.approx(1.0)
@@ -146,6 +148,24 @@ def test_tree_and_linear_evaluation() -> None:
     # blend: mean of the two ranks
     assert s.blend(_x(log_query_chars=4.0, digit_frac=0.9)) == pytest.approx((0.75 + 1.0) / 2)
     assert s.blend(_x(log_query_chars=2.0, digit_frac=0.0)) == pytest.approx((0.25 + 0.0) / 2)
+
+
+def test_compiled_trees_match_the_node_walk() -> None:
+    s = default_scorer()
+    rng = random.Random(3)
+    texts = [EASY, HARD, "What is 17% of 240 dollars per hour?", "def f(x):\n    return x\nassert f(1) == 1"]
+    rows = [extract(_inp(t)) for t in texts]
+    for _ in range(300):  # random vectors around real ones, some values undefined
+        base = list(rng.choice(rows))
+        for j in range(len(base)):
+            r = rng.random()
+            if r < 0.1:
+                base[j] = float("nan")
+            elif r < 0.5:
+                base[j] = base[j] * rng.uniform(0.0, 3.0) + rng.uniform(-1.0, 1.0)
+        rows.append(base)
+    for x in rows:
+        assert s.trees(x) == pytest.approx(s.trees_reference(x), abs=1e-12)
 
 
 def test_cdf_interpolates_and_handles_ties() -> None:
@@ -193,6 +213,29 @@ def test_agent_hints_lean_to_pro() -> None:
     assert s.score(_inp(text, effort="high", thinking=True)) > plain
     assert s.score(_inp(text, n_tools=20)) > plain
     assert s.score(_inp(text, effort="low")) < plain
+
+
+def test_word_problem_and_code_request_cues() -> None:
+    def f(text: str) -> dict[str, float]:
+        return dict(zip(FEATURES, extract(_inp(text)), strict=True))
+
+    problem = f(
+        "Tom earns $12 per hour and works 6 hours each day. After 3 days he spends 25% of it. "
+        "How many dollars are left?"
+    )
+    assert problem["log_units"] > 0 and problem["log_rates"] > 0 and problem["log_steps"] > 0
+    assert problem["money"] > 0 and problem["percent"] > 0 and problem["numeric_sentence_share"] > 0.5
+    assert problem["write_code"] == 0.0 and problem["code_assert"] == 0.0
+    code = f(
+        "Write a function to find the maximum sum of a subsequence in a list of integers.\n"
+        "assert max_sum([1, 2, 3]) == 6\\ndef max_sum(nums):"
+    )
+    assert code["write_code"] == 1.0 and code["code_assert"] == 1.0 and code["code_signature"] >= 1.0
+    assert code["code_data_words"] > 0 and code["code_algo_words"] > 0
+    assert f("She told him that they would meet her there.")["pronoun_share"] > 0.4
+    # option lines are not part of the stem: numbers in options are not quantities of the question
+    mc = f("Which is prime?\nA) 4\nB) 6\nC) 7\nD) 9\nAnswer:")
+    assert mc["log_quantities"] == 0.0 and mc["n_options"] == 4.0
 
 
 def test_split_query_strips_few_shot_examples() -> None:
