@@ -228,7 +228,7 @@ def test_word_problem_and_code_request_cues() -> None:
     assert problem["write_code"] == 0.0 and problem["code_assert"] == 0.0
     code = f(
         "Write a function to find the maximum sum of a subsequence in a list of integers.\n"
-        "assert max_sum([1, 2, 3]) == 6\\ndef max_sum(nums):"
+        "assert max_sum([1, 2, 3]) == 6\ndef max_sum(nums):"
     )
     assert code["write_code"] == 1.0 and code["code_assert"] == 1.0 and code["code_signature"] >= 1.0
     assert code["code_data_words"] > 0 and code["code_algo_words"] > 0
