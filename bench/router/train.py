@@ -281,6 +281,8 @@ def train(items: Sequence[Item], alpha: float = DEFAULT_ALPHA, x: np.ndarray | N
     spread = _weighted_sd(np.log(blended / (1 - blended)), sw)
     weights["prior"] = {name: _r(w * spread) for name, w in PRIOR.items()}
     weights["prior_unit"] = _r(spread)
+    prior_only = RouterScorer({**weights, "prior_offset": 0.0})
+    weights["prior_offset"] = _r(float(np.average([prior_only.prior(r) for r in rows], weights=sw)))
     scorer = RouterScorer({**weights, "score_quantiles": [0.0, 1.0]})
     scores = [scorer.score_features(r) for r in rows]
     return add_quantiles(weights, scores, sources)

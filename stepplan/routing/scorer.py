@@ -164,6 +164,8 @@ class RouterScorer:
         self._prior: tuple[tuple[int, float], ...] = tuple(
             (index[name], float(w)) for name, w in sorted(prior.items()) if float(w) != 0.0
         )
+        # the prior's mean over the training items, so that it moves typical requests by ~0
+        self._prior_offset = float(weights.get("prior_offset", 0.0))
         self.score_quantiles: list[float] = [float(v) for v in weights.get("score_quantiles", [])]
         self.default_pro_share = float(weights.get("default_pro_share", 0.3))
         self.meta: dict[str, Any] = dict(weights.get("training", {}))
@@ -203,8 +205,9 @@ class RouterScorer:
         return total
 
     def prior(self, x: Sequence[float]) -> float:
-        """The hand-set logit adjustment for traits the data cannot teach."""
-        adj = 0.0
+        """The hand-set logit adjustment for traits the data cannot teach, less its
+        mean over the training items."""
+        adj = -self._prior_offset
         for col, w in self._prior:
             v = x[col]
             if v == v:
