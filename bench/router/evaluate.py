@@ -332,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="dev data dir (default: %(default)s)")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0, help="fold assignment salt of the first repeat")
-    ap.add_argument("--repeats", type=int, default=3, help="CV repeats with different fold salts (averaged)")
+    ap.add_argument("--repeats", type=int, default=10, help="CV repeats with different fold salts (averaged)")
     ap.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="ridge L2 strength")
     ap.add_argument("--boot", type=int, default=1000, help="bootstrap resamples (0 = none)")
     ap.add_argument("--no-loso", action="store_true", help="skip leave-one-source-out")
