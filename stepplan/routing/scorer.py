@@ -69,6 +69,21 @@ def cdf(value: float, quantiles: Sequence[float]) -> float:
     return (lo - 1 + (value - a) / (b - a)) / (n - 1)
 
 
+def _number(v: Any, what: str) -> float:
+    f = float(v)
+    if f != f:
+        raise ValueError(f"router weights: {what} is NaN")
+    return f
+
+
+def _literal(v: float) -> str:
+    """Python source for a float, infinities included (a split on missing
+    values only has threshold +inf)."""
+    if math.isinf(v):
+        return "1e999" if v > 0 else "-1e999"
+    return repr(v)
+
+
 def _tree(flat: Sequence[Sequence[float]], index: Mapping[str, int], names: Sequence[str]) -> Tree:
     """Nested form of one exported tree (a flat node list, root first; a leaf is
     ``[value]``, a split ``[feature, threshold, nan_left, left, right]``)."""
@@ -78,13 +93,16 @@ def _tree(flat: Sequence[Sequence[float]], index: Mapping[str, int], names: Sequ
             raise ValueError("router weights: malformed tree")
         node = flat[i]
         if len(node) == 1:
-            return float(node[0])
+            value = _number(node[0], "leaf value")
+            if math.isinf(value):
+                raise ValueError("router weights: infinite leaf value")
+            return value
         if len(node) != 5:
             raise ValueError("router weights: malformed tree node")
         col, thr, nan_left, left, right = node
         return (
             index[names[int(col)]],
-            float(thr),
+            _number(thr, "threshold"),
             bool(nan_left),
             build(int(left), depth + 1),
             build(int(right), depth + 1),
@@ -98,15 +116,15 @@ def compile_trees(trees: Sequence[Tree], baseline: float) -> Callable[[Sequence[
     straight-line ``if``/``else`` code, about three times faster than walking
     the node tuples.  The source is generated from numbers only (``repr`` of
     floats and ints already parsed from the weights file)."""
-    lines = ["def _trees(x):", f"    t = {float(baseline)!r}"]
+    lines = ["def _trees(x):", f"    t = {_literal(float(baseline))}"]
 
     def emit(node: Tree, indent: str) -> None:
         if not isinstance(node, tuple):
-            lines.append(f"{indent}t += {float(node)!r}")
+            lines.append(f"{indent}t += {_literal(float(node))}")
             return
         col, thr, nan_left, left, right = node
         v = f"x[{int(col)}]"
-        cond = f"{v} <= {float(thr)!r}" + (f" or {v} != {v}" if nan_left else "")
+        cond = f"{v} <= {_literal(float(thr))}" + (f" or {v} != {v}" if nan_left else "")
         lines.append(f"{indent}if {cond}:")
         emit(left, indent + "    ")
         lines.append(f"{indent}else:")
@@ -147,7 +165,7 @@ class RouterScorer:
         if not (len(self._mean) == len(self._inv_scale) == len(self._coef) == len(names)):
             raise ValueError("router weights: length mismatch")
         trees = weights["trees"]
-        self._baseline = float(trees["baseline"])
+        self._baseline = _number(trees["baseline"], "tree baseline")
         self._trees: tuple[Tree, ...] = tuple(_tree(t, index, names) for t in trees["nodes"])
         self._tree_sum = compile_trees(self._trees, self._baseline)
         blend = weights["blend"]

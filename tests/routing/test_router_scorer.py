@@ -168,6 +168,14 @@ def test_compiled_trees_match_the_node_walk() -> None:
         assert s.trees(x) == pytest.approx(s.trees_reference(x), abs=1e-12)
 
 
+def test_split_on_missing_values_only() -> None:
+    # scikit-learn writes threshold +inf for a split that only separates undefined values
+    w = _hand_weights(trees={"baseline": 0.5, "nodes": [[[1, float("inf"), 0, 1, 2], [1.0], [-1.0]]]})
+    s = RouterScorer(w)
+    assert s.trees(_x(digit_frac=1e300)) == s.trees_reference(_x(digit_frac=1e300)) == 1.5
+    assert s.trees(_x(digit_frac=float("nan"))) == s.trees_reference(_x(digit_frac=float("nan"))) == -0.5
+
+
 def test_cdf_interpolates_and_handles_ties() -> None:
     q = [0.0, 1.0, 1.0, 1.0, 2.0]
     assert cdf(-5.0, q) == 0.0 and cdf(9.0, q) == 1.0
@@ -185,6 +193,9 @@ def test_cdf_interpolates_and_handles_ties() -> None:
         {"mean": [0.0]},
         {"trees": {"baseline": 0.0, "nodes": [[[1, 0.2, 0, 1, 9], [1.0]]]}},
         {"trees": {"baseline": 0.0, "nodes": [[[1, 0.2, 0]]]}},
+        {"trees": {"baseline": 0.0, "nodes": [[[1, float("nan"), 0, 1, 2], [1.0], [2.0]]]}},
+        {"trees": {"baseline": 0.0, "nodes": [[[1, 0.2, 0, 1, 2], [float("inf")], [2.0]]]}},
+        {"trees": {"baseline": 0.0, "nodes": [[[1, 0.2, 0, 1, 0], [1.0]]]}},  # a cycle
         {"blend": {"linear": {"weight": 0, "cdf": [0, 1]}, "trees": {"weight": 0, "cdf": [0, 1]}}},
     ],
 )
