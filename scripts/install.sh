@@ -12,5 +12,14 @@ fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "is ignored" || true
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2}
+if ! .venv/bin/python -c 'import llama_cpp' 2>/dev/null; then
+  # A portable build (AVX2/FMA/F16C) instead of -march=native: a native build on a CPU that
+  # reports AMX uses AMX tiles, which crash with a protection fault on VMs that do not grant
+  # them. Built without pip's wheel cache so a native wheel cached earlier is not reused.
+  CMAKE_ARGS=${CMAKE_ARGS:-"-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"} \
+    .venv/bin/pip install -q --no-cache-dir "llama-cpp-python>=0.3.7" 2>&1 | grep -v "is ignored" || true
+fi
 .venv/bin/pip install -q -e ".[local${EXTRAS:+,$EXTRAS}]" 2>&1 | grep -v "is ignored" || true
 .venv/bin/python -c 'import stepplan, llama_cpp' || { echo "install failed" >&2; exit 1; }
+# The embedded model must generate on this CPU (a crash here would take the gateway down).
+.venv/bin/python scripts/check_local_model.py || { echo "the embedded model does not run on this machine" >&2; exit 1; }
