@@ -175,8 +175,9 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> ASG
         await meter.start()
         engines = EngineRegistry(settings)
         engines.preload()  # an in-process model starts loading in the background
-        gateway = Gateway(settings, auth, engines, meter, Signer(secret),
-                          Router(settings.catalog, settings.router))
+        router = Router(settings.catalog, settings.router)
+        router.preload()  # the routing weights load now, not on the first routed call
+        gateway = Gateway(settings, auth, engines, meter, Signer(secret), router)
         await gateway.reasoning.start(sessions)
         app.state.gateway = gateway
         app.state.sessions = sessions

@@ -84,28 +84,36 @@ class Router:
         self._policy: RouterPolicy | None = None
         self.sticky = Stickiness(cfg.sticky_seconds)
 
+    def preload(self) -> None:
+        """Load the policy now (weights and compiled trees, ~20 ms) when a public model
+        routes, so the first routed call does not pay for it and bad weights fail start-up."""
+        if any(m.kind == "router" for m in self.catalog.public()):
+            self.policy  # noqa: B018 - the property loads the policy
+
     @property
     def policy(self) -> RouterPolicy:
-        """Loaded on first use, so gateways that never route pay nothing at start-up."""
+        """Loaded on first use (or by :meth:`preload`), so gateways that never route pay nothing."""
         if self._policy is None:
             from .policy import RouterPolicy
             from .scorer import RouterScorer
 
             cfg = self.cfg
             policy = RouterPolicy(RouterScorer(), 0.5, pro_engine=cfg.pro_engine, flash_engine=cfg.flash_engine)
-            policy.threshold = cfg.threshold if cfg.threshold is not None else policy.threshold_for_pro_share(
-                cfg.pro_share)
+            policy.threshold = (
+                cfg.threshold if cfg.threshold is not None else policy.threshold_for_pro_share(cfg.pro_share)
+            )
             self._policy = policy
         return self._policy
 
     def check_fields(self, req: Request) -> None:
         """The DeepSeek engine field rules (spec §3), checked before any routing."""
         if req.max_tokens is not None and req.max_tokens > self.cfg.max_tokens_cap:
-            raise InvalidRequest(f"max_tokens must be <= {self.cfg.max_tokens_cap} for step-router-v1",
-                                 param="max_tokens")
+            raise InvalidRequest(
+                f"max_tokens must be <= {self.cfg.max_tokens_cap} for step-router-v1", param="max_tokens"
+            )
         for m in req.messages:
             for b in m.content:
-                for x in (b.content if isinstance(b, ToolResult) else (b,)):
+                for x in b.content if isinstance(b, ToolResult) else (b,):
                     if isinstance(x, (Image, Video, Audio, Document)):
                         kind = type(x).__name__.lower()
                         raise UnsupportedContent(f"step-router-v1 does not accept {kind} input")

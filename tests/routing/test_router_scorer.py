@@ -409,3 +409,17 @@ def test_shipped_weights_beat_length_on_mmlu(ev: ModuleType) -> None:
 def test_evaluate_reports_missing_data(ev: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert ev.main(["--data", str(tmp_path / "nope")]) == 2
     assert "router data directory not found" in capsys.readouterr().err
+
+
+def test_router_preloads_its_policy_only_when_a_model_routes() -> None:
+    from stepplan.catalog import Catalog
+    from stepplan.routing.route import Router
+    from stepplan.settings import RouterConfig
+
+    router = Router(Catalog.build(), RouterConfig(pro_share=0.2))
+    router.preload()
+    assert router._policy is not None
+    assert router._policy.threshold == pytest.approx(threshold_for_pro_share(0.2))
+    hidden = Router(Catalog.build({"step-router-v1": {"public": False}}), RouterConfig())
+    hidden.preload()
+    assert hidden._policy is None
