@@ -207,21 +207,6 @@ class RouterScorer:
         """The tree-ensemble estimate of the gain."""
         return self._tree_sum(x)
 
-    def trees_reference(self, x: Sequence[float]) -> float:
-        """The same sum by walking the node tuples (the definition; for tests)."""
-        total = self._baseline
-        for node in self._trees:
-            while node.__class__ is tuple:
-                v = x[node[0]]
-                if v <= node[1]:
-                    node = node[3]
-                elif v != v:  # NaN: the branch learned for missing values
-                    node = node[3] if node[2] else node[4]
-                else:
-                    node = node[4]
-            total += node
-        return total
-
     def prior(self, x: Sequence[float]) -> float:
         """The hand-set logit adjustment for traits the data cannot teach, less its
         mean over the training items."""
