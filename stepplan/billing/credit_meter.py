@@ -95,7 +95,8 @@ class CreditMeter:
         self._epoch = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self.writer = writer_for(settings.database_url, sessions)
-        self.stats = {"batches": 0, "entries": 0, "leases": 0, "returns": 0, "reaped": 0, "direct": 0}
+        self.stats = {"batches": 0, "entries": 0, "leases": 0, "returns": 0, "reaped": 0, "direct": 0,
+                      "extra": 0}
 
     # ================================================================== life cycle
     async def start(self) -> None:
@@ -299,9 +300,6 @@ class CreditMeter:
             "first_byte_ms": outcome.first_byte_ms, "total_ms": outcome.total_ms, "started_at": started,
             "created_at": now,
         }
-        if cost > st.charge and not st.direct:
-            log.warning("request %s: cost %d exceeds what the account could cover; %d micro-credits uncollected",
-                        res.request_id, cost, cost - st.charge)
         pending = _Pending(entry, st, fut)
         if self._write_now(pending):
             return fut
@@ -324,15 +322,23 @@ class CreditMeter:
         if (write_now is None or self._inflight or self._queue or self._busy or p.st.direct
                 or self.cfg.commit_interval > 0 or self._writer is None or self._writer.done()):
             return False
-        entries, charges, converted = self._batch_rows([p])
+        entries, charges, converted, extras = self._batch_rows([p])
         try:
-            write_now(self.owner, entries, charges, converted, int(time.time()))
+            write_now(self.owner, entries, charges, converted, int(time.time()), extras)
         except Exception:
             return False
         self.stats["batches"] += 1
         self.stats["entries"] += 1
+        self._report_extras(extras)
         p.fut.set_result(None)
         return True
+
+    def _report_extras(self, extras: list[ledger.Extra]) -> None:
+        for x in extras:
+            self.stats["extra"] += 1
+            if x.got < x.want:
+                log.warning("request %s: cost %d exceeds the credit the account has left; %d micro-credits "
+                            "uncollected", x.entry["request_id"], x.entry["cost"], x.want - x.got)
 
     def headers(self, res: Reservation) -> dict[str, str]:
         acct = res.data.get("acct")
@@ -377,11 +383,12 @@ class CreditMeter:
         direct = [p for p in batch if p.st.direct]
         pending = [p for p in batch if not p.st.direct]
         while pending:
-            entries, charges, converted = self._batch_rows(pending)
+            entries, charges, converted, extras = self._batch_rows(pending)
             try:
-                await self.writer.write(self.owner, entries, charges, converted, int(time.time()))
+                await self.writer.write(self.owner, entries, charges, converted, int(time.time()), extras)
                 self.stats["batches"] += 1
                 self.stats["entries"] += len(pending)
+                self._report_extras(extras)
                 break
             except ledger.LeaseLost as exc:
                 log.error("lease on pot %s is gone (this process was reaped); settling directly", exc.pot_id)
@@ -415,14 +422,18 @@ class CreditMeter:
                 if not p.fut.done():
                     p.fut.set_result(None)
 
-    def _batch_rows(self, pending: list[_Pending]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[int, int]]:
+    def _batch_rows(self, pending: list[_Pending]) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
+                                                            dict[int, int], list[ledger.Extra]]:
         entries: list[dict[str, Any]] = []
         charges: list[dict[str, Any]] = []
         converted: dict[int, int] = defaultdict(int)
+        extras: list[ledger.Extra] = []
         for p in pending:
             e = p.entry
             entries.append(e)
             rid = e["request_id"]
+            if p.st.extra:
+                extras.append(ledger.Extra(e, p.st.extra, p.st.extra_credit, p.st.extra_windows))
             credit = p.st.credit
             if credit:  # the first pot goes on the entry itself; only spills and windows need rows
                 e["pot_id"], e["pot_amount"] = credit[0]
@@ -432,7 +443,7 @@ class CreditMeter:
             for pot_id, x in (*credit[1:], *p.st.windows):
                 charges.append({"request_id": rid, "pot_id": pot_id, "amount": x})
                 converted[pot_id] += x
-        return entries, charges, converted
+        return entries, charges, converted, extras
 
     async def _resolve_conflicts(self, pending: list[_Pending]) -> tuple[list[_Pending], list[_Pending]]:
         """An integrity error: drop entries already in the ledger (a repeated settlement), give

@@ -5,10 +5,13 @@ pot (``Pot.leased``, backed by a ``credit_leases`` row) and reserves calls again
 slice in memory (``Pot.held``). The database never lets leases exceed what a pot has
 left, so however many processes reserve at once, holds ≤ leases ≤ credit.
 
-Settlement turns part of a lease into ``used``: the charge is the call's exact cost,
-capped by what this process can still cover (its released hold plus spare lease on the
-account's pots), so a charge can never exceed credit that exists. Any part of the cost
-that could not be covered is recorded as ``uncollected`` on the ledger entry.
+Settlement turns part of a lease into ``used``: the charge is the call's exact cost, first
+from what this process can cover (its released hold plus spare lease on the account's
+pots). A cost beyond that (a call that produced more than it reserved) becomes the
+settlement's ``extra``: the ledger write takes it from the pots' free credit in the same
+transaction (:class:`~stepplan.store.ledger.Extra`), so a charge never exceeds credit that
+exists and is never left uncollected while credit exists. Only what no pot has left is
+recorded as ``uncollected`` on the ledger entry.
 """
 
 from __future__ import annotations
@@ -65,11 +68,16 @@ class Settlement:
     direct: bool = False
     direct_credit: list[int] = field(default_factory=list)
     direct_windows: list[int] = field(default_factory=list)
+    # Cost beyond what the leases covered: taken from the pots' free credit when the entry is written.
+    extra: int = 0
+    extra_credit: list[int] = field(default_factory=list)  # pot ids, earliest expiry first
+    extra_windows: list[int] = field(default_factory=list)
 
     def to_direct(self) -> None:
         self.direct_credit = [pot_id for pot_id, _ in self.credit]
         self.direct_windows = [pot_id for pot_id, _ in self.windows]
         self.direct, self.charge, self.credit, self.windows = True, 0, [], []
+        self.extra, self.extra_credit, self.extra_windows = 0, [], []
 
 
 @dataclass(slots=True, eq=False)
@@ -195,7 +203,14 @@ class AccountState:
                 w.used += charge
                 w.last_active = mono
                 win.append((w.id, charge))
-        return Settlement(cost, charge, credit, win)
+        st = Settlement(cost, charge, credit, win)
+        if cost > charge:
+            # More than this process holds: the ledger write takes the rest from free credit.
+            st.extra = cost - charge
+            st.extra_credit = [p.id for p in candidates]
+            st.extra_windows = [w.id for w in windows] or [w.id for w in self.windows if w.live(now)]
+            self.stale = True  # the pots' ``used`` moves behind our back: reload before the next lease
+        return st
 
     def remaining(self, now: int) -> int:
         """Credit left as this process knows it: residual of live pots minus calls in flight here."""

@@ -198,23 +198,107 @@ async def release_all(s: AsyncSession, owner: str) -> int:
     return await reap(s, owner, stale_before=None)
 
 
+# ------------------------------------------------------------------------------------------------ extras
+@dataclass(slots=True, eq=False)
+class Extra:
+    """The part of a call's cost that its process's lease could not cover (a call that cost more
+    than it reserved, near exhaustion or with several processes). The settlement transaction takes
+    it from the pots' *free* credit (``total - used - leased``), earliest expiry first, never more
+    than is free and never more than a window limit has left; only what truly does not exist stays
+    ``uncollected``."""
+
+    entry: dict[str, Any]  # the ledger entry it belongs to (never mutated: the writer writes a copy)
+    want: int
+    credit: Sequence[int]  # credit pot ids in deduction order
+    windows: Sequence[int] = ()  # window-limit pot ids charged alongside
+    got: int = 0  # set by the writer when the transaction commits
+
+
+def extra_pots(extras: Sequence[Extra]) -> list[int]:
+    return sorted({p for x in extras for p in (*x.credit, *x.windows)})
+
+
+def plan_extras(extras: Sequence[Extra], free: dict[int, int], entries: Sequence[dict[str, Any]],
+                charges: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[int, int]]:
+    """Pure: given each pot's free credit (read under the write lock), decide what every extra
+    takes and return (entries, charges, pot id → micro-credits added to ``used``) to write instead
+    of the inputs. Entries with an extra are copied, so a rolled-back attempt can be planned again."""
+    free = dict(free)
+    added: dict[int, int] = {}
+    entries = list(entries)
+    charges = [dict(c) for c in charges]
+    where = {id(e): i for i, e in enumerate(entries)}
+    for x in extras:
+        x.got = 0
+        want = x.want
+        for w in x.windows:
+            want = min(want, max(0, free.get(w, 0)))
+        taken: list[tuple[int, int]] = []
+        for pot_id in x.credit:
+            if want <= 0:
+                break
+            t = min(want, max(0, free.get(pot_id, 0)))
+            if t:
+                free[pot_id] -= t
+                added[pot_id] = added.get(pot_id, 0) + t
+                taken.append((pot_id, t))
+                want -= t
+        got = sum(t for _, t in taken)
+        if not got:
+            continue
+        for w in x.windows:
+            free[w] = free.get(w, 0) - got
+            added[w] = added.get(w, 0) + got
+            taken.append((w, got))
+        i = where[id(x.entry)]
+        e = entries[i] = dict(x.entry)
+        e["charged"] += got
+        e["uncollected"] -= got
+        rid = e["request_id"]
+        for pot_id, t in taken:
+            if e.get("pot_id") is None and pot_id in x.credit:
+                e["pot_id"], e["pot_amount"] = pot_id, t
+            elif e.get("pot_id") == pot_id:
+                e["pot_amount"] += t
+            else:
+                row = next((c for c in charges if c["request_id"] == rid and c["pot_id"] == pot_id), None)
+                if row is None:
+                    charges.append({"request_id": rid, "pot_id": pot_id, "amount": t})
+                else:
+                    row["amount"] += t
+        x.got = got
+    return entries, charges, added
+
+
 # ------------------------------------------------------------------------------------------------ ledger
 async def write_batch(s: AsyncSession, owner: str, entries: Sequence[dict[str, Any]],
-                      charges: Sequence[dict[str, Any]], converted: dict[int, int], now: int) -> None:
-    """One group commit: ledger entries, their pot charges, and the lease-to-used conversion.
+                      charges: Sequence[dict[str, Any]], converted: dict[int, int], now: int,
+                      extras: Sequence[Extra] = ()) -> None:
+    """One group commit: ledger entries, their pot charges, the lease-to-used conversion, and
+    the extras (cost beyond the lease, taken from free credit in this same transaction).
 
     ``converted`` maps pot id → micro-credits moved from this owner's lease to ``used``.
     Raises LeaseLost (caller rolls back) when a lease no longer covers its conversion.
     """
+    pots, leases = POTS.c, LEASES.c
+    added: dict[int, int] = {}
+    if extras:  # lock the pots first, in id order (the lock order above), then read what is free
+        ids = sorted({*extra_pots(extras), *converted})
+        q = select(pots.id, pots.total - pots.used - pots.leased).where(pots.id.in_(ids)).order_by(pots.id)
+        if s.get_bind().dialect.name == "postgresql":
+            q = q.with_for_update(key_share=True)
+        else:
+            await s.execute(update(POTS).where(pots.id == ids[0]).values(leased=pots.leased))
+        free = {pid: int(f) for pid, f in (await s.execute(q)).all()}
+        entries, charges, added = plan_extras(extras, free, entries, charges)
     if entries:  # Core statements (executemany): no ORM bookkeeping on the hot path
         await s.execute(insert(ENTRIES), list(entries))
     if charges:
         await s.execute(insert(CHARGES), list(charges))
-    pots, leases = POTS.c, LEASES.c
-    for pot_id in sorted(converted):
-        amount = converted[pot_id]
+    for pot_id in sorted({*converted, *added}):
+        amount, more = converted.get(pot_id, 0), added.get(pot_id, 0)
         await s.execute(update(POTS).where(pots.id == pot_id)
-                        .values(used=pots.used + amount, leased=pots.leased - amount))
+                        .values(used=pots.used + amount + more, leased=pots.leased - amount))
     for pot_id in sorted(converted):
         amount = converted[pot_id]
         res = await s.execute(update(LEASES)

@@ -28,7 +28,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from .db import async_url
-from .ledger import CHARGES, ENTRIES, LeaseLost, write_batch
+from .ledger import CHARGES, ENTRIES, Extra, LeaseLost, extra_pots, plan_extras, write_batch
 
 
 class Conflict(Exception):
@@ -41,7 +41,7 @@ class Transient(Exception):
 
 class Writer(Protocol):
     async def write(self, owner: str, entries: Sequence[dict[str, Any]], charges: Sequence[dict[str, Any]],
-                    converted: dict[int, int], now: int) -> None: ...
+                    converted: dict[int, int], now: int, extras: Sequence[Extra] = ()) -> None: ...
 
     async def checkpoint(self) -> None: ...
 
@@ -53,10 +53,10 @@ class SessionWriter:
         self.sessions = sessions
 
     async def write(self, owner: str, entries: Sequence[dict[str, Any]], charges: Sequence[dict[str, Any]],
-                    converted: dict[int, int], now: int) -> None:
+                    converted: dict[int, int], now: int, extras: Sequence[Extra] = ()) -> None:
         try:
             async with self.sessions() as s:
-                await write_batch(s, owner, entries, charges, converted, now)
+                await write_batch(s, owner, entries, charges, converted, now, extras)
                 await s.commit()
         except IntegrityError as exc:
             raise Conflict(str(exc)) from exc
@@ -79,6 +79,7 @@ _INSERT_CHARGE = (f"INSERT INTO usage_charges ({', '.join(CHARGE_COLUMNS)}) "
 _entry_row = operator.itemgetter(*ENTRY_COLUMNS)
 _charge_row = operator.itemgetter(*CHARGE_COLUMNS)
 _UPDATE_POT = "UPDATE credit_pots SET used = used + ?, leased = leased - ? WHERE id = ?"
+_FREE = "SELECT id, total - used - leased FROM credit_pots WHERE id IN ({})"
 _UPDATE_LEASE = ("UPDATE credit_leases SET amount = amount - ?, updated_at = ? "
                  "WHERE owner = ? AND pot_id = ? AND amount >= ?")
 
@@ -122,20 +123,26 @@ class SqliteWriter:
         return self._conn
 
     def _write(self, owner: str, entries: Sequence[dict[str, Any]], charges: Sequence[dict[str, Any]],
-               converted: dict[int, int], now: int) -> None:
+               converted: dict[int, int], now: int, extras: Sequence[Extra] = ()) -> None:
         conn = self._connection()
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise Transient(str(exc)) from exc
         try:
+            added: dict[int, int] = {}
+            if extras:  # under the write lock already (BEGIN IMMEDIATE): what is free now is ours to take
+                ids = extra_pots(extras)
+                free = dict(conn.execute(_FREE.format(",".join("?" * len(ids))), ids).fetchall())
+                entries, charges, added = plan_extras(extras, free, entries, charges)
             if entries:
                 conn.executemany(_INSERT_ENTRY, map(_entry_row, entries))
             if charges:
                 conn.executemany(_INSERT_CHARGE, map(_charge_row, charges))
-            ids = sorted(converted)  # lock order: pots by id, then lease rows
-            for pot_id in ids:
-                conn.execute(_UPDATE_POT, (converted[pot_id], converted[pot_id], pot_id))
+            for pot_id in sorted({*converted, *added}):  # lock order: pots by id, then lease rows
+                amount = converted.get(pot_id, 0)
+                conn.execute(_UPDATE_POT, (amount + added.get(pot_id, 0), amount, pot_id))
+            ids = sorted(converted)
             for pot_id in ids:
                 amount = converted[pot_id]
                 if conn.execute(_UPDATE_LEASE, (amount, now, owner, pot_id, amount)).rowcount != 1:
@@ -153,8 +160,8 @@ class SqliteWriter:
             raise
 
     async def write(self, owner: str, entries: Sequence[dict[str, Any]], charges: Sequence[dict[str, Any]],
-                    converted: dict[int, int], now: int) -> None:
-        self._write(owner, entries, charges, converted, now)
+                    converted: dict[int, int], now: int, extras: Sequence[Extra] = ()) -> None:
+        self._write(owner, entries, charges, converted, now, extras)
 
     write_now = _write  # the synchronous form, for a caller already on the loop with nothing to batch
 
