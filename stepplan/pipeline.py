@@ -11,23 +11,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 from .auth import Authenticator
 from .billing.meter import Meter, Outcome, Reservation
+from .billing.pricing import PriceBook
 from .catalog import Catalog, ModelSpec
 from .engines.base import CallContext, EngineRegistry
 from .errors import GatewayError, InvalidRequest, UnsupportedContent
 from .logs import call_line
 from .protocols.canonical import (
     Audio,
+    Block,
     Document,
     Event,
     Finish,
     Image,
     Request,
     Response,
+    Text,
     TextDelta,
     Thinking,
     ThinkingDelta,
@@ -123,8 +127,25 @@ class Call:
         return self.gateway.meter.settle(self.reservation, outcome)
 
     def _local_usage(self, output_text: str) -> Usage:
-        """Counted here only when no upstream reported usage."""
+        """Counted here only when no upstream reported usable usage."""
         return Usage(input=count_request(self.req), output=count_text(output_text), known=False)
+
+    def _billed(self, usage: Usage | None, produced: Callable[[], str], delivered: bool) -> Usage:
+        """The usage to bill: the upstream's when it is its last word and representable; a local
+        count when it reported none (or nonsense); and for a stream that ended before the upstream's
+        final count (a client or upstream break), the larger of its running count and what was
+        delivered, counted here — so a disconnect never bills a placeholder."""
+        if usage is not None and usage.known and not self.gateway.billable(self.served_model, usage):
+            log.warning("trace=%s upstream defect: %s reported usage whose cost the ledger cannot hold "
+                        "(in=%d cache=%d out=%d); counting the call locally", self.trace_id, self.served_model.id,
+                        usage.input, usage.cache_read, usage.output)
+            usage = None
+        if usage is None or not usage.known:
+            return self._local_usage(produced()) if delivered else Usage()
+        if not usage.final:
+            counted = count_text(produced())
+            return replace(usage, output=max(usage.output, counted), known=False, final=True)
+        return usage
 
     async def complete(self) -> Response:
         last: GatewayError | None = None
@@ -143,9 +164,7 @@ class Call:
                     log.warning("trace=%s engine=%s failed: %s", self.trace_id, spec.id, exc.message)
                     continue
                 self.upstream_s += time.perf_counter() - t
-                if not resp.usage.known:
-                    text = "".join(getattr(b, "text", "") for b in resp.content)
-                    resp.usage = self._local_usage(text)
+                resp.usage = self._billed(resp.usage, partial(_text_of, resp.content), True)
                 self._remember(resp.content)
                 await self._settle(resp.usage, "ok", None)
                 return resp
@@ -215,9 +234,8 @@ class Call:
             if calls:
                 self.gateway.reasoning.remember(calls, "".join(thinking))
         finally:
-            if usage is None or not usage.known:
-                produced = "".join(thinking) + "".join(out_parts)
-                usage = self._local_usage(produced) if (first is not None or status == "ok") else Usage()
+            usage = self._billed(usage, lambda: "".join(thinking) + "".join(out_parts),
+                                 first is not None or status == "ok")
             self.usage = usage
             self.settlement = self._settle(usage, status, first)
 
@@ -234,6 +252,14 @@ class Gateway:
         self.signer = signer
         self.router = router
         self.reasoning = ReasoningStore()
+        try:
+            self._prices: PriceBook | None = PriceBook(self.catalog)
+        except ValueError:  # bad prices fail start-up where billing is on; metering off: nothing to guard
+            self._prices = None
+
+    def billable(self, spec: ModelSpec, usage: Usage) -> bool:
+        """Whether an upstream's usage can be billed as reported (its cost fits the ledger)."""
+        return self._prices is None or spec.id not in self._prices.base or self._prices.billable(spec.id, usage)
 
     async def start_call(self, req: Request, key: KeyInfo, trace_id: str, body_size: int) -> Call:
         t0 = time.perf_counter()
@@ -254,6 +280,12 @@ class Gateway:
 
     async def aclose(self) -> None:
         await self.engines.aclose()
+
+
+def _text_of(blocks: list[Block]) -> str:
+    """What a response produced, for a local count: text, reasoning and tool-call arguments."""
+    return "".join(b.arguments if isinstance(b, ToolCall) else b.text for b in blocks
+                   if isinstance(b, (Text, Thinking, ToolCall)))
 
 
 def _engine_view(req: Request, engine: ModelSpec) -> Request:

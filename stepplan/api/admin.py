@@ -217,7 +217,7 @@ async def ledger_check(request: HTTPRequest) -> Response:
     _guard(request)
     cfg = billing_config(request)
     async with request.app.state.sessions() as s:
-        report = await check_ledger(s, cfg.owner_ttl_seconds)
+        report = await check_ledger(s, cfg.owner_ttl_seconds, cfg.lease_idle_seconds)
     return JSONResponse(report.as_dict())
 
 

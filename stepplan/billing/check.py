@@ -12,7 +12,10 @@ Checked, all with aggregate SQL (no table is loaded into memory):
    (inline plus rows; window charges never exceed it); every charge belongs to an entry;
 4. no lease is held by a dead process (one whose pid is gone on this host, whose
    heartbeat is older than the TTL, or that has no owner row): such a lease would be
-   leaked credit. A running gateway reclaims these at start-up and every sweep.
+   leaked credit. A running gateway reclaims these at start-up and every sweep;
+5. no lease is held by a live process that, as of its last heartbeat, had nothing in
+   flight for longer than the idle-return time (plus 2 s of clock granularity): such a
+   process returns every idle lease, so one still held is credit stranded by a bug.
 """
 
 from __future__ import annotations
@@ -48,11 +51,11 @@ class Report:
         return {"ok": self.ok, "problems": self.problems, "stats": self.stats}
 
 
-async def check_ledger(s: AsyncSession, owner_ttl: float = 30.0) -> Report:
+async def check_ledger(s: AsyncSession, owner_ttl: float = 30.0, idle_seconds: float = 2.0) -> Report:
     r = Report()
     await _pots(s, r)
     await _entries(s, r)
-    await _leases(s, r, owner_ttl)
+    await _leases(s, r, owner_ttl, idle_seconds)
     return r
 
 
@@ -125,7 +128,7 @@ async def _entries(s: AsyncSession, r: Report) -> None:
     r.stats.update({"entries": int(agg[0]), "charged_micro": int(agg[1]), "uncollected_micro": int(agg[2])})
 
 
-async def _leases(s: AsyncSession, r: Report, owner_ttl: float) -> None:
+async def _leases(s: AsyncSession, r: Report, owner_ttl: float, idle_seconds: float) -> None:
     owners = {o.owner: o for o in (await s.execute(select(MeterOwner))).scalars()}
     wall, host = int(time.time()), ledger.host_id()
     q = select(CreditLease.owner, func.count(), func.sum(CreditLease.amount)).group_by(CreditLease.owner)
@@ -139,5 +142,10 @@ async def _leases(s: AsyncSession, r: Report, owner_ttl: float) -> None:
                   f"(pid {o.pid} on {o.host}) (leaked; a running gateway reclaims them)")
         else:
             live += int(amount or 0)
+            idle = o.heartbeat_at - o.idle_since if o.idle_since is not None and not o.inflight else 0
+            if amount and idle > idle_seconds + 2:
+                r.add(f"{n} lease(s) for {amount} micro-credits held by live process {owner[:12]} (pid {o.pid} on "
+                      f"{o.host}) with nothing in flight for {idle} s (stranded: idle leases are returned after "
+                      f"{idle_seconds:g} s)")
     r.stats["live_processes"] = len(owners)
     r.stats["leased_by_live_processes_micro"] = live

@@ -61,6 +61,7 @@ class _Pending:
     entry: dict[str, Any]
     st: Settlement
     fut: asyncio.Future[None]
+    acct: AccountState | None = None
 
 
 def _nn(n: int) -> int:
@@ -86,6 +87,7 @@ class CreditMeter:
         self._queue: list[_Pending] = []
         self._wake = asyncio.Event()
         self._inflight: dict[str, Reservation] = {}
+        self._active = time.monotonic()  # the last reservation or settlement (reported by the heartbeat)
         self._busy = False  # the writer task is writing (or backing off between attempts)
         self._writer: asyncio.Task[None] | None = None
         self._maint: asyncio.Task[None] | None = None
@@ -163,7 +165,8 @@ class CreditMeter:
         except BaseException:
             self.limiter.leave(key.account_id)
             raise
-        res = Reservation(request_id, key, req.model, amount, time.monotonic(),
+        self._active = mono = time.monotonic()
+        res = Reservation(request_id, key, req.model, amount, mono,
                           {"acct": acct, "holds": holds, "at": now, "spec": spec})
         self._inflight[request_id] = res
         return res
@@ -286,7 +289,8 @@ class CreditMeter:
         u = outcome.usage
         rates = self.prices.rates(outcome.served.id, started)
         cost = rates.cost(u)
-        st = acct.settle(holds, cost, now, time.monotonic())
+        self._active = mono = time.monotonic()
+        st = acct.settle(holds, cost, now, mono)
         self.limiter.leave(acct.account_id)
         entry = {
             "request_id": res.request_id, "owner": self.owner, "account_id": res.key.account_id,
@@ -300,7 +304,7 @@ class CreditMeter:
             "first_byte_ms": outcome.first_byte_ms, "total_ms": outcome.total_ms, "started_at": started,
             "created_at": now,
         }
-        pending = _Pending(entry, st, fut)
+        pending = _Pending(entry, st, fut, acct)
         if self._write_now(pending):
             return fut
         self._queue.append(pending)
@@ -407,11 +411,19 @@ class CreditMeter:
                 await asyncio.sleep(delay)
                 delay = min(1.0, delay * 2)
             except Exception:  # a bug, not the database: never hang the calls waiting on this batch
+                if len(pending) > 1:  # one bad entry must not take the others with it
+                    log.exception("ledger batch of %d failed unexpectedly; writing its entries one by one",
+                                  len(pending))
+                    for p in pending:
+                        await self._flush([p])
+                    pending = []
+                    break
                 bugs += 1
                 log.exception("ledger write failed unexpectedly (attempt %d)", bugs)
                 if bugs >= 5:
                     for p in pending:
                         log.error("UNWRITTEN LEDGER ENTRY %s", {k: v for k, v in p.entry.items()})
+                        self._unwind(p)
                     pending = []
                 await asyncio.sleep(delay)
         try:
@@ -421,6 +433,18 @@ class CreditMeter:
             for p in batch:
                 if not p.fut.done():
                     p.fut.set_result(None)
+
+    @staticmethod
+    def _unwind(p: _Pending) -> None:
+        """An entry that can never be written: give its charge back to this process's leases, so
+        the credit is not stranded in a lease nobody will use (the idle return hands it back)."""
+        if p.acct is None or p.st.direct:
+            return
+        for pot_id, x in (*p.st.credit, *p.st.windows):
+            pot = p.acct.pots.get(pot_id)
+            if pot is not None:
+                pot.leased += x
+                pot.used -= x
 
     def _batch_rows(self, pending: list[_Pending]) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
                                                             dict[int, int], list[ledger.Extra]]:
@@ -545,8 +569,10 @@ class CreditMeter:
                 acct.stale = True
 
     async def _heartbeat(self) -> None:
+        wall, inflight = time.time(), len(self._inflight)
+        idle_since = None if inflight else int(wall - (time.monotonic() - self._active))
         async with self.sessions() as s:
-            alive = await ledger.heartbeat(s, self.owner, int(time.time()))
+            alive = await ledger.heartbeat(s, self.owner, int(wall), inflight, idle_since)
             await s.commit()
         if not alive:
             log.error("this process was declared dead by another (missed heartbeats); re-registering")

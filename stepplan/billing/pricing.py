@@ -39,6 +39,7 @@ from ..catalog import Catalog, ModelSpec
 from ..protocols.canonical import Usage
 
 MICRO = 1_000_000  # micro-credits per credit
+LEDGER_MAX = 2**63 - 1  # the ledger's integer columns are 64-bit
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
@@ -150,6 +151,14 @@ class PriceBook:
         rates = self._rates(raw.get("price_input", spec.price_input), raw.get("price_cache", spec.price_cache),
                             raw.get("price_output", spec.price_output), where)
         return _Window(_days(raw.get("days"), where), start, end, tz, rates)
+
+    def billable(self, model_id: str, u: Usage) -> bool:
+        """Whether ``u``'s cost fits the ledger's 64-bit integer columns at any of the model's rates
+        (an upstream reporting 10^15 tokens is a defect to count locally, not a bill to write)."""
+        windows = self.windows.get(model_id, ())
+        rates = [self.base[model_id], *(w.rates for w in windows)] if model_id in self.base else []
+        worst = max((r.cost(u) for r in rates), default=0)
+        return worst <= LEDGER_MAX and max(u.input, u.cache_read, u.cache_write, u.output, u.reasoning) <= LEDGER_MAX
 
     def rates(self, model_id: str, at: int) -> Rates:
         """The rates in force for ``model_id`` at unix time ``at`` (the call's start)."""

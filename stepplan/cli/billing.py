@@ -183,7 +183,7 @@ def ledger_check(ctx: click.Context, as_json: bool) -> None:
     cfg = _cfg(ctx)
 
     async def go(s: Any) -> Any:
-        return await check_ledger(s, cfg.owner_ttl_seconds)
+        return await check_ledger(s, cfg.owner_ttl_seconds, cfg.lease_idle_seconds)
 
     report = run_db(ctx, go)
     if as_json:

@@ -138,11 +138,12 @@ class AnthropicEngine:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise UpstreamError(f"upstream {self.name} sent a malformed stream event") from exc
-        if not isinstance(payload, dict):
-            return []
-        if payload.get("type") == "error":
+        if isinstance(payload, dict) and payload.get("type") == "error":
             raise UpstreamError(f"upstream {self.name} failed mid-stream: {_error_text(payload)}")
-        return decoder.feed(payload)
+        try:
+            return decoder.feed(payload)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise UpstreamError(f"upstream {self.name} sent a stream event of the wrong shape: {exc}") from exc
 
     async def aclose(self) -> None:
         await self.http.aclose()

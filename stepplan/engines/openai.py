@@ -54,13 +54,16 @@ class OpenAIEngine:
                         chunk = orjson.loads(data)
                     except orjson.JSONDecodeError as exc:
                         raise UpstreamError(f"upstream {self.name} sent a malformed stream event") from exc
-                    if not isinstance(chunk, dict):
-                        continue
-                    if "error" in chunk and not chunk.get("choices"):
+                    if isinstance(chunk, dict) and "error" in chunk and not chunk.get("choices"):
                         err = chunk["error"]
                         msg = err.get("message") if isinstance(err, dict) else str(err)
                         raise UpstreamError(f"upstream {self.name} failed mid-stream: {msg}")
-                    for ev in decoder.feed(chunk):
+                    try:
+                        events = decoder.feed(chunk)
+                    except (ValueError, TypeError, AttributeError) as exc:
+                        raise UpstreamError(f"upstream {self.name} sent a stream event of the wrong shape: "
+                                            f"{exc}") from exc
+                    for ev in events:
                         yield ev
                 if done:
                     break

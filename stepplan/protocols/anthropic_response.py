@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ._check import tool_input
+from ._usage import BadCount, count, defect
 from .canonical import (
     Block,
     Event,
@@ -54,30 +55,35 @@ STOP_OUT: dict[str, str] = {
 }
 
 
-def _int(v: Any) -> int:
-    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
-
-
 # ============================================================================ usage
-def usage_from_anthropic(u: Any, prev: Usage | None = None) -> Usage | None:
+def usage_from_anthropic(u: Any, prev: Usage | None = None, final: bool = True) -> Usage | None:
     """Anthropic usage → canonical. Fields absent from ``u`` keep their value from ``prev``
-    (a stream's ``message_delta`` often carries only ``output_tokens``)."""
+    (a stream's ``message_delta`` often carries only ``output_tokens``). ``final=False`` for
+    ``message_start``, whose ``output_tokens`` is a placeholder. Invalid counts (negative,
+    fractional, absurd) make the usage unknown (``known=False``): the call is counted locally."""
     if not isinstance(u, dict):
         return prev
+    if prev is not None and not prev.known:
+        return prev  # an earlier invalid count already made this call's usage unknown
     out = replace(prev) if prev is not None else Usage()
-    if u.get("input_tokens") is not None:
-        out.input = _int(u["input_tokens"])
-    if u.get("cache_read_input_tokens") is not None:
-        out.cache_read = _int(u["cache_read_input_tokens"])
-    split = u.get("cache_creation")
-    if u.get("cache_creation_input_tokens") is not None or isinstance(split, dict):
-        total = _int(u.get("cache_creation_input_tokens"))
-        if isinstance(split, dict):  # {"ephemeral_5m_input_tokens": n, "ephemeral_1h_input_tokens": m}
-            total = max(total, sum(_int(v) for v in split.values()))
-        out.cache_write = total
-    if u.get("output_tokens") is not None:
-        out.output = _int(u["output_tokens"])
+    try:
+        if u.get("input_tokens") is not None:
+            out.input = count(u, "input_tokens")
+        if u.get("cache_read_input_tokens") is not None:
+            out.cache_read = count(u, "cache_read_input_tokens")
+        split = u.get("cache_creation")
+        if u.get("cache_creation_input_tokens") is not None or isinstance(split, dict):
+            total = count(u, "cache_creation_input_tokens")
+            if isinstance(split, dict):  # {"ephemeral_5m_input_tokens": n, "ephemeral_1h_input_tokens": m}
+                total = max(total, sum(count(split, k) for k in split))
+            out.cache_write = total
+        if u.get("output_tokens") is not None:
+            out.output = count(u, "output_tokens")
+    except BadCount as exc:
+        defect("anthropic", exc, u)
+        return Usage()
     out.known = True
+    out.final = final
     return out
 
 
@@ -140,7 +146,11 @@ class StreamDecoder:
         self.finish: Finish | None = None
         self.done = False  # message_stop seen
 
-    def feed(self, data: dict[str, Any]) -> list[Event]:
+    def feed(self, data: Any) -> list[Event]:
+        """One upstream event. Raises ValueError for a payload that is not a Messages stream
+        event (not an object, or without a ``type``); unknown event types are skipped."""
+        if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+            raise ValueError(f"stream event is not a Messages event object: {str(data)[:80]}")
         kind = data.get("type")
         if kind == "content_block_delta":
             return self._delta(data)
@@ -153,7 +163,9 @@ class StreamDecoder:
             return []
         if kind == "message_start":
             msg = data.get("message") or {}
-            self.usage = usage_from_anthropic(msg.get("usage"), self.usage)
+            if not isinstance(msg, dict):
+                raise ValueError("message_start.message is not an object")
+            self.usage = usage_from_anthropic(msg.get("usage"), self.usage, final=False)
             return [UsageUpdate(self.usage)] if self.usage is not None else []
         if kind == "message_delta":
             delta = data.get("delta") or {}

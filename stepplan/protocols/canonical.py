@@ -143,6 +143,9 @@ class Usage:
     output: int = 0  # includes reasoning
     reasoning: int = 0
     known: bool = False  # False: no upstream reported usage (yet)
+    # False: a running count the upstream may still raise (Anthropic's ``message_start`` carries a
+    # placeholder ``output_tokens``); only usage the upstream marks as its last word is billed as is.
+    final: bool = True
 
     @property
     def prompt_total(self) -> int:
@@ -199,7 +202,8 @@ class Finish:
 
 @dataclass(slots=True)
 class UsageUpdate:
-    """The usage known so far; the last one an engine yields is final."""
+    """The usage known so far. The last one an engine yields is the upstream's last word only
+    when ``usage.final`` is set; otherwise the pipeline bills at least what it saw delivered."""
 
     usage: Usage
 

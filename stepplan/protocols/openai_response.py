@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from ._usage import BadCount, count, defect
 from .canonical import (
     Block,
     Event,
@@ -41,22 +42,25 @@ FINISH_OUT: dict[str, str] = {
 }
 
 
-def _int(v: Any) -> int:
-    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else 0
-
-
-def usage_from_openai(u: Any) -> Usage | None:
+def usage_from_openai(u: Any, final: bool = True) -> Usage | None:
+    """Upstream usage → canonical; ``None`` when absent. Invalid counts (negative, fractional,
+    absurd) make it unknown (``known=False``), so the call is counted locally instead."""
     if not isinstance(u, dict):
         return None
-    prompt = _int(u.get("prompt_tokens"))
-    details = u.get("prompt_tokens_details") or {}
-    cached = _int(details.get("cached_tokens") if isinstance(details, dict) else 0)
-    cached = cached or _int(u.get("cached_tokens")) or _int(u.get("prompt_cache_hit_tokens"))
+    try:
+        prompt = count(u, "prompt_tokens")
+        details = u.get("prompt_tokens_details") or {}
+        cached = count(details, "cached_tokens") if isinstance(details, dict) else 0
+        cached = cached or count(u, "cached_tokens") or count(u, "prompt_cache_hit_tokens")
+        out = count(u, "completion_tokens")
+        cdetails = u.get("completion_tokens_details") or {}
+        reasoning = count(cdetails, "reasoning_tokens") if isinstance(cdetails, dict) else 0
+    except BadCount as exc:
+        defect("openai", exc, u)
+        return Usage()
     cached = min(cached, prompt)
-    out = _int(u.get("completion_tokens"))
-    cdetails = u.get("completion_tokens_details") or {}
-    reasoning = _int(cdetails.get("reasoning_tokens") if isinstance(cdetails, dict) else 0)
-    return Usage(input=prompt - cached, cache_read=cached, output=out, reasoning=min(reasoning, out), known=True)
+    return Usage(input=prompt - cached, cache_read=cached, output=out, reasoning=min(reasoning, out), known=True,
+                 final=final)
 
 
 def usage_to_openai(u: Usage) -> dict[str, Any]:
@@ -117,12 +121,22 @@ class StreamDecoder:
         self.tool_index: dict[int, int] = {}
         self.usage: Usage | None = None
 
-    def feed(self, chunk: dict[str, Any]) -> list[Event]:
-        events: list[Event] = []
+    def feed(self, chunk: Any) -> list[Event]:
+        """One upstream frame. Raises ValueError for a frame that is not a chat completion chunk
+        (a JSON value of another shape), which the engine reports as a protocol error."""
+        if not isinstance(chunk, dict):
+            raise ValueError(f"stream frame is a JSON {type(chunk).__name__}, not a chat.completion.chunk object")
         choices = chunk.get("choices")
-        if isinstance(choices, list) and choices:
+        if not isinstance(choices, list) and not isinstance(chunk.get("usage"), dict):
+            raise ValueError(f"stream frame has neither choices nor usage (keys: {', '.join(list(chunk)[:8])})")
+        events: list[Event] = []
+        if choices:
             choice = choices[0]
+            if not isinstance(choice, dict):
+                raise ValueError("stream frame's choices[0] is not an object")
             delta = choice.get("delta") or {}
+            if not isinstance(delta, dict):
+                raise ValueError("stream frame's choices[0].delta is not an object")
             r = delta.get("reasoning_content")
             if r is None:
                 r = delta.get("reasoning")
@@ -144,7 +158,9 @@ class StreamDecoder:
                 if reason == "end_turn" and self.saw_tool:
                     reason = "tool_use"
                 self.finish = Finish(reason, seq)  # emitted by close(), after any usage
-        u = usage_from_openai(chunk.get("usage"))
+        # Usage is the upstream's last word when it comes after (or with) the finish, or in the
+        # usage-only chunk; some servers report a running count on every chunk before that.
+        u = usage_from_openai(chunk.get("usage"), final=self.finish is not None or not choices)
         if u is not None:
             self.usage = u
             events.append(UsageUpdate(u))

@@ -87,12 +87,14 @@ def owner_is_dead(row: Any, now: int, ttl: float, host: str) -> bool:
 async def register_owner(s: AsyncSession, owner: str, now: int) -> None:
     pid = os.getpid()
     s.add(MeterOwner(owner=owner, host=host_id(), pid=pid, pid_start=pid_start(pid), started_at=now,
-                     heartbeat_at=now))
+                     heartbeat_at=now, inflight=0, idle_since=now))
 
 
-async def heartbeat(s: AsyncSession, owner: str, now: int) -> bool:
-    """False when this owner was reaped (declared dead) by another process."""
-    res = await s.execute(update(MeterOwner).where(MeterOwner.owner == owner).values(heartbeat_at=now))
+async def heartbeat(s: AsyncSession, owner: str, now: int, inflight: int = 0, idle_since: int | None = None) -> bool:
+    """Record that ``owner`` is alive and how busy it is. False when it was reaped (declared
+    dead) by another process."""
+    res = await s.execute(update(MeterOwner).where(MeterOwner.owner == owner)
+                          .values(heartbeat_at=now, inflight=inflight, idle_since=idle_since))
     return bool(res.rowcount)
 
 

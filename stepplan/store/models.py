@@ -116,6 +116,11 @@ class MeterOwner(Base):
     pid_start: Mapped[str] = mapped_column(String(32))  # process start time, guards against pid reuse
     started_at: Mapped[int] = mapped_column(BigInteger)
     heartbeat_at: Mapped[int] = mapped_column(BigInteger)
+    # As of the last heartbeat: calls in flight, and since when (unix seconds) the process has had
+    # none and touched no lease (null while busy). ``stepplan ledger check`` flags a lease still
+    # held by a process idle for longer than the idle-return time: credit stranded in it.
+    inflight: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    idle_since: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class CreditLease(Base):

@@ -300,7 +300,7 @@ def test_stream_decoder_events() -> None:
                               usage_out={"output_tokens": 9})
     out = _decode_all([_raw(events)])
     assert out == [
-        UsageUpdate(Usage(input=5, cache_read=7, output=1, known=True)),
+        UsageUpdate(Usage(input=5, cache_read=7, output=1, known=True, final=False)),  # message_start: a placeholder
         ThinkingDelta("hmm"), ThinkingSignature("upstream-sig"), TextDelta("héllo"),
         ToolCallDelta(0, "c1", "f", ""), ToolCallDelta(0, arguments='{"a"'), ToolCallDelta(0, arguments=":1}"),
         ToolCallDelta(1, "c2", "g", ""), ToolCallDelta(1, arguments="{}"),  # no-argument call still gets {}

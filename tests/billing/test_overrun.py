@@ -27,7 +27,7 @@ from stepplan.store import billing as store
 from stepplan.store.accounts import KeyInfo, create_account
 from stepplan.store.db import make_engine, sessionmaker
 from stepplan.store.migrate import migrate
-from stepplan.store.models import CreditPot, UsageCharge, UsageEntry
+from stepplan.store.models import CreditLease, CreditPot, UsageCharge, UsageEntry
 
 MODEL = "step-3.5-flash"
 IN_RATE, OUT_RATE = 700_000, 2_100_000  # micro-credits per token: ¥0.7 and ¥2.1 per 1M tokens
@@ -224,5 +224,68 @@ async def test_two_processes_on_postgresql_collect_overruns_without_overdrawing(
         assert charged == pot.used == pot.total  # everything that existed was collected
         assert cost - charged == uncollected > 0  # and only what did not exist is uncollected
         await ledger_ok(env)
+    finally:
+        await env.engine.dispose()
+
+
+# ---------------------------------------------------------------------------------------- unwritable entries
+async def test_an_entry_that_cannot_be_written_takes_no_other_entry_or_lease_with_it(tmp_path: Path) -> None:
+    """A cost beyond the ledger's 64-bit columns (the pipeline rejects such upstream usage; this is
+    the meter's own line of defence): the good entries of the same batch are written, and the bad
+    call's charge goes back to the lease instead of staying stranded in it."""
+    env = await make_env(tmp_path, billing="lease_idle_seconds = 0.2\n")
+    meter = CreditMeter(env.settings, env.sessions)
+    await meter.start()
+    try:
+        spec = env.settings.catalog.get(MODEL)
+        held = [await meter.reserve(env.key, spec, req(), f"c-{i}", 10) for i in range(3)]
+        usages = [Usage(input=5, output=5, known=True), Usage(input=10**15, output=1, known=True),
+                  Usage(input=7, output=7, known=True)]
+        await asyncio.gather(*(meter.settle(r, Outcome(served=spec, usage=u, status="ok"))
+                               for r, u in zip(held, usages, strict=True)))
+        assert [(await entry(env, f"c-{i}")).charged for i in (0, 2)] == [
+            5 * IN_RATE + 5 * OUT_RATE, 7 * IN_RATE + 7 * OUT_RATE]
+        async with env.sessions() as s:
+            assert (await s.execute(select(func.count()).select_from(UsageEntry))).scalar() == 2
+        deadline = time.monotonic() + 15  # the idle return gives the whole lease back, the bad call's part too
+        while (await pots(env))[0].leased and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        [pot] = await pots(env)
+        assert pot.leased == 0 and pot.used == 5 * IN_RATE + 5 * OUT_RATE + 7 * IN_RATE + 7 * OUT_RATE
+        await ledger_ok(env)
+    finally:
+        await meter.stop()
+        await env.engine.dispose()
+
+
+async def test_the_ledger_check_flags_a_lease_held_by_an_idle_live_process(tmp_path: Path) -> None:
+    env = await make_env(tmp_path, billing="lease_idle_seconds = 0.2\nheartbeat_seconds = 0.2\n")
+    try:
+        meter = CreditMeter(env.settings, env.sessions)
+        await meter.start()
+        try:
+            await call(meter, env, "one", 100, 10)
+            deadline = time.monotonic() + 15  # an idle meter returns its leases: the check passes
+            while (await pots(env))[0].leased and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await ledger_ok(env)
+            # strand credit: a lease row this process's memory does not know about (as a lost entry did)
+            async with env.sessions() as s:
+                pot = (await pots(env))[0]
+                await s.execute(CreditPot.__table__.update().where(CreditPot.id == pot.id)
+                                .values(leased=CreditPot.leased + 1_000_000))
+                await s.execute(CreditLease.__table__.insert().values(
+                    owner=meter.owner, pot_id=pot.id, amount=1_000_000, updated_at=int(time.time())))
+                await s.commit()
+            deadline = time.monotonic() + 15
+            while True:
+                async with env.sessions() as s:
+                    report = await check_ledger(s, env.cfg.owner_ttl_seconds, env.cfg.lease_idle_seconds)
+                if not report.ok or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.1)
+            assert any("stranded" in p and "nothing in flight" in p for p in report.problems), report.problems
+        finally:
+            await meter.stop()
     finally:
         await env.engine.dispose()
