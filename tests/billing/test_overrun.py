@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 
@@ -28,6 +29,8 @@ from stepplan.store.accounts import KeyInfo, create_account
 from stepplan.store.db import make_engine, sessionmaker
 from stepplan.store.migrate import migrate
 from stepplan.store.models import CreditLease, CreditPot, UsageCharge, UsageEntry
+from tests.billing.conftest import Admin, start_gateway
+from tests.fakes.upstream import FakeUpstream, openai_completion
 
 MODEL = "step-3.5-flash"
 IN_RATE, OUT_RATE = 700_000, 2_100_000  # micro-credits per token: ¥0.7 and ¥2.1 per 1M tokens
@@ -289,3 +292,33 @@ async def test_the_ledger_check_flags_a_lease_held_by_an_idle_live_process(tmp_p
             await meter.stop()
     finally:
         await env.engine.dispose()
+
+
+@pytest.mark.postgres
+def test_two_gateway_processes_on_postgresql_charge_an_overrun_exactly(tmp_path: Path, fake: FakeUpstream,
+                                                                        pg_url: str) -> None:
+    """The issue's reproduction end to end with two gateway processes sharing PostgreSQL: the first
+    process served a call (and returned its idle lease); a call through the second reporting
+    571,413,030 prompt tokens is charged 399,989,142 Credit exactly, and the ledger check passes."""
+    a = start_gateway(tmp_path / "a", fake, db_url=pg_url)
+    b = start_gateway(tmp_path / "b", fake, db_url=pg_url)
+    try:
+        admin = Admin(a)
+        name, key = admin.account(plan="flash-mini")
+        body = {"model": MODEL, "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+        auth = {"authorization": f"Bearer {key}"}
+        fake.queue_json(openai_completion("x", usage={"prompt_tokens": 10, "completion_tokens": 1}))
+        assert httpx.post(f"{a.openai_base}/chat/completions", json=body, headers=auth, timeout=30).status_code == 200
+        deadline = time.monotonic() + 20  # a's idle lease goes back to the pool (lease_idle_seconds)
+        while any(x["credit_in_flight_micro"] != "0" for x in admin.usage(name)["plan_credit_rate_limit"][
+                "credit_buckets"]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        fake.queue_json(openai_completion("x", usage={"prompt_tokens": 571_413_030, "completion_tokens": 10}))
+        r = httpx.post(f"{b.openai_base}/chat/completions", json=body, headers=auth, timeout=30)
+        assert r.status_code == 200
+        big = next(e for e in admin.entries(name) if e["input_tokens"] == 571_413_030)
+        assert (big["cost"], big["charged"], big["uncollected"]) == (str(399_989_142 * CREDIT),) * 2 + ("0",)
+        assert admin.check()["ok"]
+    finally:
+        a.stop()
+        b.stop()
