@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import InvalidRequest, ModelNotFound
+from .protocols import effort as _effort
 
 EFFORTS = ("low", "medium", "high")
 
@@ -21,7 +22,7 @@ class ModelSpec:
     context_length: int
     max_output: int
     input_modalities: tuple[str, ...]
-    efforts: tuple[str, ...]  # empty: effort is ignored
+    efforts: tuple[str, ...]  # effort levels, in ladder order; empty: no effort is forwarded
     price_input: str  # CNY per 1M uncached input tokens
     price_cache: str  # CNY per 1M cache-hit input tokens
     price_output: str  # CNY per 1M output tokens
@@ -33,6 +34,16 @@ class ModelSpec:
     upstream: str | None = None  # upstream name; None = default upstream
     upstream_model: str | None = None  # name sent upstream; None = same as id
     price_windows: tuple[dict[str, Any], ...] = ()  # optional time-of-day price windows
+    default_effort: str | None = None  # the level used without one, and for ties; None: the middle level
+    thinking_switch: bool = False  # reasoning can be turned off (``thinking: disabled``), as on DeepSeek
+    # Every effort word → the level this model uses (stepplan.protocols.effort); built once.
+    effort_table: dict[str, str | None] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        levels, default = _effort.check_levels(self.efforts, self.default_effort, f"models.{self.id}")
+        object.__setattr__(self, "efforts", levels)
+        object.__setattr__(self, "default_effort", default)
+        object.__setattr__(self, "effort_table", _effort.table(levels, default))
 
     @property
     def vision(self) -> bool:
@@ -42,39 +53,33 @@ class ModelSpec:
         return self.upstream_model or self.id
 
     def check_effort(self, effort: str | None) -> str | None:
-        """Validate a requested effort; return the effort to forward (or None)."""
-        if effort is None:
-            return None
-        if effort not in EFFORTS:
-            raise InvalidRequest(
-                f"reasoning effort '{effort}' is invalid; use one of: {', '.join(EFFORTS)}",
-                param="reasoning_effort",
-            )
-        if not self.efforts:
-            return None  # agents always send one; models without effort ignore it
-        if effort not in self.efforts:
-            raise InvalidRequest(
-                f"model {self.id} does not support reasoning effort '{effort}'; "
-                f"allowed values: {', '.join(self.efforts)}",
-                param="reasoning_effort",
-            )
-        return effort
+        """The level this model uses for an effort word (None: none is forwarded); the error
+        for a value that is not an effort word. ``none`` is the model's lowest level here;
+        :func:`stepplan.protocols.effort.resolve` also weighs the thinking switch."""
+        return _effort.resolve(self, effort, None, None)[0]
 
 
 DEFAULT_MODELS: tuple[ModelSpec, ...] = (
+    # Effort levels and defaults (spec §6.2): step-3.7-flash low/medium/high, medium the
+    # recommended default. step-3.5-flash-2603 takes only low/high; no default is documented, and
+    # it is the dated step-3.5-flash, whose only mode is full reasoning, so high. DeepSeek's own
+    # levels are high/max (it maps low/medium to high itself), high by default, and it has a
+    # thinking switch. step-3.5-flash has no effort levels; the router maps effort per engine.
     ModelSpec("step-3.7-flash", 262_144, 250_000, ("text", "image", "video", "audio"), EFFORTS,
-              "1.35", "0.27", "8.1"),
-    ModelSpec("step-3.5-flash-2603", 262_144, 65_536, ("text",), ("low", "high"), "0.7", "0.14", "2.1"),
+              "1.35", "0.27", "8.1", default_effort="medium"),
+    ModelSpec("step-3.5-flash-2603", 262_144, 65_536, ("text",), ("low", "high"), "0.7", "0.14", "2.1",
+              default_effort="high"),
     ModelSpec("step-3.5-flash", 262_144, 65_536, ("text",), (), "0.7", "0.14", "2.1"),
     ModelSpec("step-router-v1", 1_048_576, 250_000, ("text",), (), "0", "0", "0", kind="router"),
     # DeepSeek's published CNY list price (peak); off-peak windows can be configured.
-    ModelSpec("deepseek-v4-pro", 1_048_576, 250_000, ("text",), ("low", "medium", "high"), "9.0", "0.30", "27.0",
-              public=False, owned_by="deepseek"),
+    ModelSpec("deepseek-v4-pro", 1_048_576, 250_000, ("text",), ("high", "max"), "9.0", "0.30", "27.0",
+              public=False, owned_by="deepseek", default_effort="high", thinking_switch=True),
 )
 
 _SPEC_FIELDS = {
     "context_length", "max_output", "input_modalities", "efforts", "price_input", "price_cache",
     "price_output", "public", "kind", "reasoning", "owned_by", "upstream", "upstream_model", "price_windows",
+    "default_effort", "thinking_switch",
 }
 
 
@@ -96,7 +101,10 @@ class Catalog:
             for key in ("price_input", "price_cache", "price_output"):
                 if key in values:
                     values[key] = str(values[key])
-            base = models.get(name) or ModelSpec(name, 131_072, 32_768, ("text",), (), "0", "0", "0")
+            base = models.get(name) or ModelSpec(name, 131_072, 32_768, ("text",), (), "0", "0", "0",
+                                                 thinking_switch=name.startswith("deepseek"))
+            if "efforts" in values and "default_effort" not in values:
+                values["default_effort"] = None  # new levels: the old default may not be one of them
             models[name] = replace(base, **values)
         return cls(models)
 

@@ -22,6 +22,7 @@ from .catalog import Catalog, ModelSpec
 from .engines.base import CallContext, EngineRegistry
 from .errors import GatewayError, InvalidRequest, UnsupportedContent
 from .logs import call_line
+from .protocols import effort as efforts
 from .protocols.canonical import (
     Audio,
     Block,
@@ -69,21 +70,23 @@ def _media_kinds(req: Request) -> set[str]:
 
 
 def check_capabilities(req: Request, spec: ModelSpec) -> Request:
-    """Reject what the model cannot take; resolve effort and thinking contradictions."""
+    """Reject what the model cannot take; resolve effort and thinking for it (contradictions
+    included, see :mod:`stepplan.protocols.effort`). A router keeps the client's effort and
+    thinking: each of its engines resolves them for itself (:func:`_engine_view`)."""
     for kind in _media_kinds(req):
         if kind == "document":
             raise UnsupportedContent(f"document input is not supported by model {spec.id}; "
                                      "send the document's text instead")
         if kind not in spec.input_modalities:
             raise UnsupportedContent(f"model {spec.id} does not accept {kind} input")
-    effort = spec.check_effort(req.effort)
-    if req.thinking is False:
-        effort = None  # thinking disabled wins over an effort hint
+    effort, thinking = req.effort, req.thinking
+    if spec.kind != "router":
+        effort, thinking = efforts.resolve(spec, effort, thinking, req.thinking_budget)
     max_tokens = req.max_tokens
     if max_tokens is not None and max_tokens > spec.max_output:
         max_tokens = spec.max_output
-    if effort != req.effort or max_tokens != req.max_tokens:
-        req = replace(req, effort=effort, max_tokens=max_tokens)
+    if effort != req.effort or thinking is not req.thinking or max_tokens != req.max_tokens:
+        req = replace(req, effort=effort, thinking=thinking, max_tokens=max_tokens)
     return req
 
 
@@ -102,6 +105,22 @@ class Call:
     settlement: object = None  # the meter's durability awaitable, set when the stream settles
     upstream_s: float = 0.0  # time spent waiting on upstreams (to the first event, for streams)
     usage: Usage | None = None  # a stream's final (billed) usage, set when it settles
+    views: dict[str, Request] | None = None  # router calls: what each engine receives (by engine id)
+
+    def request_for(self, spec: ModelSpec) -> Request:
+        """The request as the engine serving ``spec`` receives it."""
+        return self.views[spec.id] if self.views is not None else self.req
+
+    @property
+    def effort(self) -> str | None:
+        """The effort the serving engine was sent (``x-stepplan-effort``); None when none was:
+        the model has no levels, thinking was switched off, or the engine runs in process
+        (the local engine has no reasoning mode)."""
+        spec = self.served_model
+        effort = self.request_for(spec).effort
+        if effort is not None and self.gateway.engines.for_model(spec.id).protocol == "local":
+            return None
+        return effort
 
     def overhead_ms(self, arrived: float) -> str:
         """The gateway's own time so far: wall time since arrival minus upstream waiting."""
@@ -155,7 +174,7 @@ class Call:
                 self.served = spec
                 t = time.perf_counter()
                 try:
-                    resp = await engine.complete(self.req, spec, self._ctx())
+                    resp = await engine.complete(self.request_for(spec), spec, self._ctx())
                 except GatewayError as exc:
                     self.upstream_s += time.perf_counter() - t
                     if not exc.fallback_ok:
@@ -200,7 +219,7 @@ class Call:
                 self.served = spec
                 t = time.perf_counter()
                 try:
-                    async for ev in engine.stream(self.req, spec, self._ctx()):
+                    async for ev in engine.stream(self.request_for(spec), spec, self._ctx()):
                         if first is None:
                             first = time.perf_counter()
                             self.upstream_s += first - t
@@ -269,14 +288,19 @@ class Gateway:
         req = check_capabilities(req, spec)
         route = self.router.choose(req, spec)
         served = route.engines[0]
-        if served is not spec:
-            req = check_capabilities(req, served) if spec.kind != "router" else _engine_view(req, served)
+        views: dict[str, Request] | None = None
+        sent = req
+        if spec.kind == "router":  # each engine (the chosen one and its fallback) gets its own view
+            views = {e.id: _engine_view(req, e) for e in route.engines}
+            sent = views[served.id]
+        elif served is not spec:
+            req = sent = check_capabilities(req, served)
         if self.reasoning.shared:
             unknown = self.reasoning.unknown(req.messages)
             if unknown:  # tool turns answered by another worker, or before a restart
                 await self.reasoning.prefetch(unknown)
-        res = await self.meter.reserve(key, served, req, trace_id, estimate_request(req, body_size))
-        return Call(self, req, spec, route, key, res, trace_id, t0)
+        res = await self.meter.reserve(key, served, sent, trace_id, estimate_request(sent, body_size))
+        return Call(self, req, spec, route, key, res, trace_id, t0, views=views)
 
     async def aclose(self) -> None:
         await self.engines.aclose()
@@ -289,9 +313,11 @@ def _text_of(blocks: list[Block]) -> str:
 
 
 def _engine_view(req: Request, engine: ModelSpec) -> Request:
-    """What a router engine receives: effort only where that engine supports it."""
-    if req.effort is not None and req.effort not in engine.efforts:
-        return replace(req, effort=None)
+    """What a router engine receives: the client's effort and thinking resolved for that
+    engine exactly as for a model asked for by name."""
+    effort, thinking = efforts.resolve(engine, req.effort, req.thinking, req.thinking_budget)
+    if effort != req.effort or thinking is not req.thinking:
+        return replace(req, effort=effort, thinking=thinking)
     return req
 
 

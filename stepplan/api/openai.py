@@ -22,6 +22,9 @@ def call_headers(call: Call, request: HTTPRequest | None = None) -> dict[str, st
     headers = call.gateway.meter.headers(call.reservation)
     if request is not None:
         headers["x-stepplan-overhead-ms"] = call.overhead_ms(request.scope["stepplan.t0"])
+    effort = call.effort
+    if effort is not None:
+        headers["x-stepplan-effort"] = effort
     if call.spec.kind == "router":
         headers["x-stepplan-routed-model"] = call.served_model.id
         if call.route.reason:

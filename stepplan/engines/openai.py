@@ -29,7 +29,7 @@ class OpenAIEngine:
     def _body(self, req: Request, spec: ModelSpec, ctx: CallContext, stream: bool) -> dict:
         return encode_request(
             req, spec.sent_name(), stream=stream, replay_reasoning=self.cfg.replay_reasoning,
-            restore=ctx.restore_reasoning, deepseek_thinking=spec.id.startswith("deepseek"),
+            restore=ctx.restore_reasoning, deepseek_thinking=spec.thinking_switch,
         )
 
     async def complete(self, req: Request, spec: ModelSpec, ctx: CallContext) -> Response:

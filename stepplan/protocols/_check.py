@@ -87,6 +87,19 @@ def str_list(v: Any, name: str) -> list[str]:
     return items
 
 
+CACHE_TTLS = frozenset({"5m", "1h"})
+
+
+def cache_mark(d: dict[str, Any]) -> bool | str:
+    """A wire object's ``cache_control`` (Anthropic's, also sent on OpenAI content parts by
+    clients of OpenRouter-style gateways) as a canonical mark: False, True, or its ttl."""
+    cc = d.get("cache_control")
+    if cc is None:
+        return False
+    ttl = cc.get("ttl") if isinstance(cc, dict) else None
+    return ttl if ttl in CACHE_TTLS else True
+
+
 def tool_input(arguments: str) -> dict[str, Any]:
     """A tool call's JSON arguments as the object Anthropic's ``tool_use.input`` needs.
 

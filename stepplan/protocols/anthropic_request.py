@@ -15,15 +15,17 @@ signature is one this gateway made (see :class:`stepplan.reasoning.Signer`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
 from ..errors import InvalidRequest, UnsupportedContent
 from . import _check as c
+from . import effort as efforts
 from .canonical import (
     Audio,
     Block,
+    Cache,
     Document,
     Image,
     Message,
@@ -41,9 +43,6 @@ from .openai_request import MID_SYSTEM_CLOSE, MID_SYSTEM_OPEN
 if TYPE_CHECKING:
     from ..reasoning import Signer
 
-# Anthropic effort levels → the three levels Step Plan models know.
-EFFORTS = {"minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}
-
 # History blocks made by Anthropic-hosted server tools; no upstream of ours can take them back.
 SERVER_TOOL_BLOCKS = frozenset({
     "server_tool_use", "web_search_tool_result", "web_fetch_tool_result", "code_execution_tool_result",
@@ -53,7 +52,22 @@ SERVER_TOOL_BLOCKS = frozenset({
 
 CLAUDE_CODE_BILLING_LINE = "x-anthropic-billing-header:"
 MIN_THINKING_BUDGET = 1024  # Anthropic's minimum; smaller client budgets are raised to it upstream
-EPHEMERAL = {"type": "ephemeral"}
+MAX_CACHE_BREAKPOINTS = 4  # Anthropic's limit per request (tools, system and messages together)
+
+
+# ============================================================================ prompt-cache marks
+_cache = c.cache_mark
+_Cacheable = TypeVar("_Cacheable", Text, Image, Document)
+
+
+def _marked(block: _Cacheable, b: dict[str, Any]) -> _Cacheable:
+    if "cache_control" in b:
+        block.cache = _cache(b)
+    return block
+
+
+def _cache_control(mark: Cache) -> dict[str, str]:
+    return {"type": "ephemeral", "ttl": mark} if isinstance(mark, str) else {"type": "ephemeral"}
 
 
 # ============================================================================ decode
@@ -119,13 +133,13 @@ def _result_content(v: Any, where: str) -> list[Block]:
         b = c.obj(raw, w)
         kind = b.get("type")
         if kind == "text":
-            out.append(Text(c.string(b.get("text"), f"{w}.text")))
+            out.append(Text(c.string(b.get("text"), f"{w}.text"), cache=_cache(b)))
         elif kind == "image":
-            out.append(_image(b, w))
+            out.append(_marked(_image(b, w), b))
         elif kind == "document":
-            out.append(_document(b, w))
+            out.append(_marked(_document(b, w), b))
         elif kind == "search_result":
-            out.append(_search_result(b, w))
+            out.append(_marked(_search_result(b, w), b))
         else:
             raise InvalidRequest(f"unsupported block type {kind!r} in {w}", param=f"{w}.type")
     return out
@@ -147,17 +161,17 @@ def _block(raw: Any, where: str, role: str, signer: Signer) -> Block | None:
     b = c.obj(raw, where)
     kind = b.get("type")
     if kind == "text":
-        return Text(c.string(b.get("text"), f"{where}.text"), cache=b.get("cache_control") is not None)
+        return Text(c.string(b.get("text"), f"{where}.text"), cache=_cache(b))
     if kind == "image":
-        return _image(b, where)
+        return _marked(_image(b, where), b)
     if kind == "document":
-        return _document(b, where)
+        return _marked(_document(b, where), b)
     if kind == "tool_use":
         if role != "assistant":
             raise InvalidRequest(f"{where}: tool_use blocks belong in assistant messages", param=f"{where}.type")
         args = b.get("input", {})
         return ToolCall(id=c.string(b.get("id"), f"{where}.id"), name=c.string(b.get("name"), f"{where}.name"),
-                        arguments=orjson.dumps(c.obj(args, f"{where}.input")).decode())
+                        arguments=orjson.dumps(c.obj(args, f"{where}.input")).decode(), cache=_cache(b))
     if kind == "tool_result":
         if role != "user":
             raise InvalidRequest(f"{where}: tool_result blocks belong in user messages", param=f"{where}.type")
@@ -165,14 +179,14 @@ def _block(raw: Any, where: str, role: str, signer: Signer) -> Block | None:
         if is_error is not None and not isinstance(is_error, bool):
             raise InvalidRequest(f"'{where}.is_error' must be a boolean", param=f"{where}.is_error")
         return ToolResult(c.string(b.get("tool_use_id"), f"{where}.tool_use_id"),
-                          _result_content(b.get("content"), f"{where}.content"), bool(is_error))
+                          _result_content(b.get("content"), f"{where}.content"), is_error, cache=_cache(b))
     if kind == "thinking":
         return _thinking(b, where, signer) if role == "assistant" else None
     if kind == "redacted_thinking":
         data = c.string(b.get("data"), f"{where}.data")
         return Thinking(data, redacted=True) if role == "assistant" else None
     if kind == "search_result":
-        return _search_result(b, where)
+        return _marked(_search_result(b, where), b)
     if kind in SERVER_TOOL_BLOCKS:
         return None
     raise InvalidRequest(f"unknown content block type {kind!r} in {where}", param=f"{where}.type")
@@ -202,7 +216,7 @@ def _system_text(v: Any, where: str) -> list[Text]:
         text = c.string(b.get("text"), f"{where}[{i}].text")
         if text.startswith(CLAUDE_CODE_BILLING_LINE):
             continue  # per-session attribution line for Anthropic; upstream it only spoils prefix caching
-        out.append(Text(text, cache=b.get("cache_control") is not None))
+        out.append(Text(text, cache=_cache(b)))
     return out
 
 
@@ -245,11 +259,13 @@ def _decode_tools(raw: Any) -> list[Tool]:
                 description=c.opt_str(t, "description", f"{where}.description"),
                 parameters=c.obj(schema, f"{where}.input_schema") if schema is not None
                 else {"type": "object", "properties": {}},
+                cache=_cache(t),
             ))
         elif isinstance(kind, str) and kind.startswith("web_search"):
             # A server tool: the raw definition rides along so an Anthropic upstream gets it verbatim.
             tools.append(Tool(name=str(t.get("name") or "web_search"), description=None,
-                              parameters=dict(t), kind="web_search"))
+                              parameters={k: v for k, v in t.items() if k != "cache_control"}, kind="web_search",
+                              cache=_cache(t)))
         else:
             raise UnsupportedContent(f"tool type {kind!r} is not supported; define it as a custom tool "
                                      "with an input_schema", param=f"{where}.type")
@@ -292,12 +308,7 @@ def _decode_output_config(v: Any) -> tuple[str | None, dict[str, Any] | None]:
     if v is None:
         return None, None
     oc = c.obj(v, "output_config")
-    effort = c.opt_str(oc, "effort", "output_config.effort")
-    if effort is not None:
-        if effort not in EFFORTS:
-            raise InvalidRequest(f"output_config.effort '{effort}' is invalid; use low, medium or high",
-                                 param="output_config.effort")
-        effort = EFFORTS[effort]
+    effort = efforts.parse(oc.get("effort"), "output_config.effort")  # mapped per model by the pipeline
     fmt = oc.get("format")
     response_format = None
     if fmt is not None:
@@ -323,8 +334,6 @@ def decode_request(body: Any, signer: Signer, *, count_only: bool = False) -> Re
     tool_choice, parallel = _decode_tool_choice(b.get("tool_choice"))
     thinking, budget = _decode_thinking(b.get("thinking"))
     effort, response_format = _decode_output_config(b.get("output_config"))
-    if thinking is False:
-        effort = None  # thinking disabled wins over an effort hint (never passed on as a contradiction)
     metadata = b.get("metadata")
     user = None
     if metadata is not None:
@@ -358,7 +367,7 @@ def decode_request(body: Any, signer: Signer, *, count_only: bool = False) -> Re
 def _text(t: Text) -> dict[str, Any]:
     out: dict[str, Any] = {"type": "text", "text": t.text}
     if t.cache:
-        out["cache_control"] = EPHEMERAL
+        out["cache_control"] = _cache_control(t.cache)
     return out
 
 
@@ -368,11 +377,15 @@ def _media(b: Block) -> dict[str, Any] | None:
         return _text(b) if b.text else None
     if isinstance(b, Image):
         if b.url is not None:
-            return {"type": "image", "source": {"type": "url", "url": b.url}}
-        return {"type": "image", "source": {"type": "base64", "media_type": b.media_type or "image/png",
-                                            "data": b.data or ""}}
+            out: dict[str, Any] = {"type": "image", "source": {"type": "url", "url": b.url}}
+        else:
+            out = {"type": "image", "source": {"type": "base64", "media_type": b.media_type or "image/png",
+                                               "data": b.data or ""}}
+        if b.cache:
+            out["cache_control"] = _cache_control(b.cache)
+        return out
     if isinstance(b, Document) and b.text is not None:
-        return {"type": "text", "text": b.text} if b.text else None
+        return _text(Text(b.text, cache=b.cache)) if b.text else None
     kind = type(b).__name__.lower() if isinstance(b, (Video, Audio, Document)) else "this"
     raise UnsupportedContent(f"{kind} content cannot be sent to an Anthropic-protocol upstream")
 
@@ -380,12 +393,14 @@ def _media(b: Block) -> dict[str, Any] | None:
 def _tool_result(r: ToolResult) -> dict[str, Any]:
     out: dict[str, Any] = {"type": "tool_result", "tool_use_id": r.tool_call_id}
     parts = [p for p in (_media(b) for b in r.content) if p is not None]
-    if parts and all(p["type"] == "text" for p in parts):
+    if parts and all(p["type"] == "text" and "cache_control" not in p for p in parts):
         out["content"] = "\n".join(p["text"] for p in parts)
     elif parts:
         out["content"] = parts
-    if r.is_error:
-        out["is_error"] = True
+    if r.is_error is not None:
+        out["is_error"] = r.is_error
+    if r.cache:
+        out["cache_control"] = _cache_control(r.cache)
     return out
 
 
@@ -413,7 +428,10 @@ def _assistant(m: Message, replay: bool, restore: Callable[[list[ToolCall]], str
             if b.text:
                 blocks.append(_text(b))
         elif isinstance(b, ToolCall):
-            blocks.append({"type": "tool_use", "id": b.id, "name": b.name, "input": c.tool_input(b.arguments)})
+            call: dict[str, Any] = {"type": "tool_use", "id": b.id, "name": b.name, "input": c.tool_input(b.arguments)}
+            if b.cache:
+                call["cache_control"] = _cache_control(b.cache)
+            blocks.append(call)
     return blocks
 
 
@@ -434,8 +452,10 @@ def encode_messages(req: Request, *, replay_reasoning: bool = True,
 
     for m in req.messages:
         if m.role == "system":
-            text = "".join(b.text for b in m.content if isinstance(b, Text))
-            push("user", [{"type": "text", "text": MID_SYSTEM_OPEN + text + MID_SYSTEM_CLOSE}])
+            texts = [b for b in m.content if isinstance(b, Text)]
+            wrapped = Text(MID_SYSTEM_OPEN + "".join(b.text for b in texts) + MID_SYSTEM_CLOSE,
+                           cache=texts[-1].cache if texts else False)
+            push("user", [_text(wrapped)])
         elif m.role == "user":
             blocks: list[dict[str, Any]] = []
             for b in m.content:
@@ -471,13 +491,40 @@ def _tools(req: Request) -> list[dict[str, Any]]:
                                                                                       "properties": {}}}
             if t.description:
                 tool["description"] = t.description
-            out.append(tool)
         elif t.kind == "web_search":
             spec = t.parameters if isinstance(t.parameters.get("type"), str) else {}
-            out.append(spec or {"type": "web_search_20250305", "name": t.name or "web_search"})
+            tool = dict(spec) if spec else {"type": "web_search_20250305", "name": t.name or "web_search"}
         else:
             raise UnsupportedContent(f"tool type {t.kind!r} cannot be sent to an Anthropic-protocol upstream")
+        if t.cache:
+            tool["cache_control"] = _cache_control(t.cache)
+        out.append(tool)
     return out
+
+
+def _breakpoints(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """The blocks of an upstream body that carry ``cache_control``, in prompt order
+    (tools, system, messages; a tool result's inner blocks before the result itself)."""
+    found = [t for t in body.get("tools", ()) if "cache_control" in t]
+    system = body.get("system")
+    if isinstance(system, list):
+        found += [b for b in system if "cache_control" in b]
+    for m in body["messages"]:
+        for b in m["content"]:
+            inner = b.get("content")
+            if isinstance(inner, list):
+                found += [x for x in inner if "cache_control" in x]
+            if "cache_control" in b:
+                found.append(b)
+    return found
+
+
+def limit_breakpoints(body: dict[str, Any], limit: int = MAX_CACHE_BREAKPOINTS) -> None:
+    """Keep at most ``limit`` breakpoints in a body this module built: the oldest extra
+    ones go, the latest (the client's moving breakpoint) always stays."""
+    marks = _breakpoints(body)
+    for b in marks[:max(0, len(marks) - limit)]:
+        del b["cache_control"]
 
 
 def _thinking_config(req: Request, max_tokens: int) -> dict[str, Any] | None:
@@ -536,4 +583,5 @@ def encode_request(req: Request, upstream_model: str, *, stream: bool, default_m
                 choice["disable_parallel_tool_use"] = True
         if choice is not None:
             body["tool_choice"] = choice
+    limit_breakpoints(body)
     return body

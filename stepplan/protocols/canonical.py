@@ -10,6 +10,9 @@ Conventions:
   middle or at the end of a conversation stays in ``messages`` with role ``system``.
 - Usage counts are split so that no codec has to guess: ``input`` never includes
   cached tokens, ``output`` always includes reasoning tokens.
+- ``cache`` on a block or tool is the client's prompt-cache breakpoint: ``False`` none,
+  ``True`` a breakpoint (Anthropic ``{"type": "ephemeral"}``), a string a breakpoint with
+  that time to live (``"1h"``, ``"5m"``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Role = Literal["system", "user", "assistant"]
+Cache = bool | str  # see the module docstring
 StopReason = Literal["end_turn", "max_tokens", "tool_use", "stop_sequence", "content_filter", "error"]
 
 
@@ -25,7 +29,7 @@ StopReason = Literal["end_turn", "max_tokens", "tool_use", "stop_sequence", "con
 @dataclass(slots=True)
 class Text:
     text: str
-    cache: bool = False  # the client marked this block for prompt caching
+    cache: Cache = False  # the client marked this block for prompt caching
 
 
 @dataclass(slots=True)
@@ -34,6 +38,7 @@ class Image:
     data: str | None = None  # base64 payload (no data: prefix)
     media_type: str | None = None
     detail: str | None = None
+    cache: Cache = False
 
     def as_url(self) -> str:
         if self.url is not None:
@@ -58,6 +63,7 @@ class Document:
     data: str | None = None
     url: str | None = None
     text: str | None = None
+    cache: Cache = False
 
 
 @dataclass(slots=True)
@@ -65,13 +71,15 @@ class ToolCall:
     id: str
     name: str
     arguments: str  # JSON text exactly as produced by the model
+    cache: Cache = False
 
 
 @dataclass(slots=True)
 class ToolResult:
     tool_call_id: str
     content: list[Block]
-    is_error: bool = False
+    is_error: bool | None = None  # None: the client did not say
+    cache: Cache = False
 
 
 @dataclass(slots=True)
@@ -96,6 +104,7 @@ class Tool:
     description: str | None
     parameters: dict[str, Any]
     kind: str = "function"  # "function" or a server tool type such as "web_search"
+    cache: Cache = False
 
 
 @dataclass(slots=True)

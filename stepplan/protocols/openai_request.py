@@ -14,6 +14,7 @@ import orjson
 
 from ..errors import InvalidRequest
 from . import _check as c
+from . import effort as efforts
 from .canonical import (
     Audio,
     Block,
@@ -39,7 +40,7 @@ def _decode_part(part: Any, where: str) -> Block:
     p = c.obj(part, where)
     kind = p.get("type")
     if kind == "text":
-        return Text(c.string(p.get("text"), f"{where}.text"))
+        return Text(c.string(p.get("text"), f"{where}.text"), cache=c.cache_mark(p))
     if kind == "image_url":
         iu = p.get("image_url")
         if isinstance(iu, str):
@@ -49,10 +50,10 @@ def _decode_part(part: Any, where: str) -> Block:
         detail = c.opt_str(iu, "detail", f"{where}.image_url.detail")
         media, data = c.split_data_url(url)
         if data is not None:
-            return Image(data=data, media_type=media, detail=detail)
+            return Image(data=data, media_type=media, detail=detail, cache=c.cache_mark(p))
         if not url.startswith(("http://", "https://")):
             raise InvalidRequest("image_url.url must be an http(s) URL or a data URL", param=f"{where}.image_url.url")
-        return Image(url=url, detail=detail)
+        return Image(url=url, detail=detail, cache=c.cache_mark(p))
     if kind == "video_url":
         vu = p.get("video_url")
         if isinstance(vu, str):
@@ -80,8 +81,18 @@ def _decode_content(content: Any, where: str) -> list[Block]:
     return [_decode_part(p, f"{where}[{i}]") for i, p in enumerate(parts)]
 
 
-def _text_of(content: Any, where: str) -> str:
-    return "".join(b.text for b in _decode_content(content, where) if isinstance(b, Text))
+def _system_of(m: dict[str, Any], where: str) -> Text:
+    """A system message as one text; marked for caching when the message or any part is."""
+    texts = [b for b in _decode_content(m.get("content"), where) if isinstance(b, Text)]
+    mark = c.cache_mark(m) or next((t.cache for t in reversed(texts) if t.cache), False)
+    return Text("".join(t.text for t in texts), cache=mark)
+
+
+def _mark_last(m: dict[str, Any], blocks: list[Block]) -> list[Block]:
+    """A message-level ``cache_control`` (LiteLLM's form) marks the message's last block."""
+    if "cache_control" in m and blocks and isinstance(blocks[-1], (Text, Image, ToolCall)):
+        blocks[-1].cache = c.cache_mark(m)
+    return blocks
 
 
 def _decode_tool_calls(raw: Any, where: str) -> list[Block]:
@@ -111,13 +122,13 @@ def _decode_messages(raw: Any) -> tuple[list[Text], list[Message]]:
         m = c.obj(m, where)
         role = m.get("role")
         if role in ("system", "developer"):
-            text = _text_of(m.get("content"), f"{where}.content")
+            text = _system_of(m, f"{where}.content")
             if not messages:
-                system.append(Text(text))
+                system.append(text)
             else:
-                messages.append(Message("system", [Text(text)]))
+                messages.append(Message("system", [text]))
         elif role == "user":
-            messages.append(Message("user", _decode_content(m.get("content"), f"{where}.content")))
+            messages.append(Message("user", _mark_last(m, _decode_content(m.get("content"), f"{where}.content"))))
         elif role == "assistant":
             blocks: list[Block] = []
             reasoning = m.get("reasoning_content") or m.get("reasoning")
@@ -126,11 +137,11 @@ def _decode_messages(raw: Any) -> tuple[list[Text], list[Message]]:
             blocks.extend(_decode_content(m.get("content"), f"{where}.content"))
             if m.get("tool_calls"):
                 blocks.extend(_decode_tool_calls(m["tool_calls"], f"{where}.tool_calls"))
-            messages.append(Message("assistant", blocks))
+            messages.append(Message("assistant", _mark_last(m, blocks)))
         elif role in ("tool", "function"):
             call_id = m.get("tool_call_id") if role == "tool" else m.get("name")
             result = ToolResult(c.string(call_id, f"{where}.tool_call_id"),
-                                _decode_content(m.get("content"), f"{where}.content"))
+                                _decode_content(m.get("content"), f"{where}.content"), cache=c.cache_mark(m))
             prev = messages[-1] if messages else None
             if prev is not None and prev.role == "user" and prev.content and all(
                     isinstance(b, ToolResult) for b in prev.content):
@@ -198,11 +209,13 @@ def decode_request(body: Any) -> Request:
         if rf["type"] == "json_schema":
             js = c.obj(rf.get("json_schema"), "response_format.json_schema")
             c.string(js.get("name"), "response_format.json_schema.name")
-    effort = c.opt_str(b, "reasoning_effort")
-    thinking = None
-    th = b.get("thinking")
-    if isinstance(th, dict) and th.get("type") in ("enabled", "disabled"):
-        thinking = th["type"] == "enabled"
+    effort = efforts.parse(b.get("reasoning_effort"), "reasoning_effort")
+    thinking = budget = None
+    th = b.get("thinking")  # DeepSeek's extension; Anthropic's budget form is read too
+    if isinstance(th, dict) and th.get("type") in ("enabled", "disabled", "adaptive"):
+        thinking = th["type"] != "disabled"
+        if th["type"] == "enabled":
+            budget = c.opt_int(th, "budget_tokens", lo=1, name="thinking.budget_tokens")
     rfmt = c.opt_str(b, "reasoning_format")
     if rfmt is not None and rfmt not in ("general", "deepseek-style"):
         raise InvalidRequest("reasoning_format must be 'general' or 'deepseek-style'", param="reasoning_format")
@@ -230,6 +243,7 @@ def decode_request(body: Any) -> Request:
         include_usage=include_usage,
         effort=effort,
         thinking=thinking,
+        thinking_budget=budget,
         reasoning_format=rfmt,
         user=c.opt_str(b, "user"),
     )

@@ -1,8 +1,8 @@
 """Fixtures for the Anthropic-protocol tests.
 
 ``gateway`` (the shared fixture) routes every model to the OpenAI-protocol fake upstream;
-``agw`` is a second gateway whose step-3.5-flash and step-3.7-flash go to the same fake
-speaking the Anthropic protocol, so each test can pick either translation path.
+``agw`` is a second gateway whose step-3.5-flash, step-3.7-flash and deepseek-v4-pro (public
+here) go to the same fake speaking the Anthropic protocol, so each test can pick either translation path.
 """
 
 from __future__ import annotations
@@ -22,6 +22,11 @@ upstream = "fake_anthropic"
 
 [models."step-3.7-flash"]
 upstream = "fake_anthropic"
+
+# DeepSeek's Anthropic endpoint, asked for directly (it is normally an engine of the router).
+[models."deepseek-v4-pro"]
+upstream = "fake_anthropic"
+public = true
 
 [billing.plans.tiny]
 monthly_credits = 1

@@ -138,14 +138,16 @@ def test_tools_tool_choice_thinking_effort_and_sampling() -> None:
     assert req.tools[0] == Tool("Read", "read a file", {"type": "object"})
     assert req.tools[1].kind == "web_search" and req.tools[1].parameters["max_uses"] == 3
     assert req.tool_choice == ToolChoice("required") and req.parallel_tool_calls is False
-    assert (req.thinking, req.thinking_budget, req.effort) == (True, 500, "high")
+    assert (req.thinking, req.thinking_budget, req.effort) == (True, 500, "max")  # mapped per model later
     assert (req.stop, req.temperature, req.top_p, req.top_k, req.stream) == (["END"], 0.3, 0.9, 40, True)
     assert req.user is None  # Claude Code's JSON record is a session id, not a user name
     assert decode(tool_choice={"type": "tool", "name": "Read"}).tool_choice == ToolChoice("tool", "Read")
     assert decode(tool_choice={"type": "none"}).tool_choice == ToolChoice("none")
     assert decode(thinking={"type": "adaptive"}).thinking is True
+    # The decoder keeps what the client said; the pipeline resolves the contradiction per model
+    # (tests/api/test_effort_mapping.py): never both "disabled" and an effort upstream.
     contradiction = decode(thinking={"type": "disabled"}, output_config={"effort": "high"})
-    assert (contradiction.thinking, contradiction.effort) == (False, None)
+    assert (contradiction.thinking, contradiction.effort) == (False, "high")
 
 
 @pytest.mark.parametrize("patch,param", [

@@ -198,8 +198,10 @@ def test_claude_code_tool_round_trip(upstream: str, as_captured: bool, gateway: 
         assert b["messages"][1]["content"] == [
             {"type": "thinking", "thinking": "Let me think briefly.", "signature": "ds-sig-cc"},
             {"type": "tool_use", "id": "toolu_0002", "name": "Read", "input": {"file_path": "/tmp/ccwork/hello.txt"}}]
+        # Claude Code's moving prompt-cache breakpoint on the latest tool result reaches the upstream.
         assert b["messages"][2]["content"] == [
-            {"type": "tool_result", "tool_use_id": "toolu_0002", "content": "1\thello from file\n2\t"}]
+            {"type": "tool_result", "tool_use_id": "toolu_0002", "content": "1\thello from file\n2\t",
+             "cache_control": {"type": "ephemeral"}}]
 
 
 @pytest.mark.parametrize("upstream", ["openai", "anthropic"])

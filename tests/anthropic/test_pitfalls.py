@@ -285,8 +285,10 @@ def test_pitfall_13_adaptive_thinking_small_budgets_and_disabled_with_effort(agw
     assert b["thinking"] == {"type": "adaptive"} and b["output_config"] == {"effort": "high"}
     b = send(thinking={"type": "enabled", "budget_tokens": 500})
     assert b["thinking"] == {"type": "enabled", "budget_tokens": 1024}
-    b = send(thinking={"type": "disabled"}, output_config={"effort": "high"})  # a subagent's contradiction
-    assert b["thinking"] == {"type": "disabled"} and "output_config" not in b
+    # A subagent's contradiction: disabled wins. step-3.7-flash cannot stop reasoning, so it gets
+    # its lowest level and no "disabled" to contradict it (DeepSeek: tests/api/test_effort_mapping.py).
+    b = send(thinking={"type": "disabled"}, output_config={"effort": "high"})
+    assert "thinking" not in b and b["output_config"] == {"effort": "low"}
 
 
 def test_pitfall_14_system_messages_mid_list_and_trailing(client: anthropic.Anthropic, fake: FakeUpstream) -> None:
@@ -360,15 +362,24 @@ def test_pitfall_18_contradictory_thinking_fields_are_resolved(agw: Gateway, ake
                                                               fake: FakeUpstream) -> None:
     body = {"model": "step-3.7-flash", "max_tokens": 100, "messages": USER, "thinking": {"type": "disabled"},
             "output_config": {"effort": "high"}}
+    # step-3.7-flash has no thinking switch: "disabled" becomes its lowest effort, never both.
     for gw, k in ((agw, akey), (gateway, key)):
         assert httpx.post(f"{gw.anthropic_base}/v1/messages", headers={"x-api-key": k}, json=body,
                           timeout=30).status_code == 200
         sent = fake.last.body
-        assert "reasoning_effort" not in sent and "output_config" not in sent
+        assert "thinking" not in sent
+        assert sent.get("reasoning_effort", sent.get("output_config", {}).get("effort")) == "low"
     oc = openai.OpenAI(base_url=agw.openai_base, api_key=akey, max_retries=0)
     oc.chat.completions.create(model="step-3.7-flash", messages=USER, reasoning_effort="high",
                                extra_body={"thinking": {"type": "disabled"}})
-    assert fake.last.body["thinking"] == {"type": "disabled"} and "output_config" not in fake.last.body
+    assert "thinking" not in fake.last.body and fake.last.body["output_config"] == {"effort": "low"}
+    # DeepSeek's Anthropic endpoint has its own switch: thinking disabled, and no effort with it
+    # (the OpenAI-protocol DeepSeek path: tests/api/test_effort_mapping.py).
+    r = httpx.post(f"{agw.anthropic_base}/v1/messages", headers={"x-api-key": akey}, timeout=30,
+                   json={**body, "model": "deepseek-v4-pro"})
+    assert r.status_code == 200 and "x-stepplan-effort" not in r.headers
+    sent = fake.last.body
+    assert sent["thinking"] == {"type": "disabled"} and "output_config" not in sent
 
 
 def test_pitfall_19_thinking_mode_sampling_and_output_limits(agw: Gateway, akey: str, fake: FakeUpstream) -> None:

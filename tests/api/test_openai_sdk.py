@@ -253,18 +253,22 @@ def test_image_to_text_model_is_unsupported_content(client: openai.OpenAI, fake:
 
 
 def test_effort_rules(client: openai.OpenAI, fake: FakeUpstream) -> None:
+    # Only a value that is not an effort word at all is an error; it names the field and the words.
     with pytest.raises(openai.BadRequestError) as ei:
         client.chat.completions.create(model="step-3.7-flash", messages=msgs(), reasoning_effort="extreme")  # type: ignore[arg-type]
-    assert _err(ei.value)["code"] == "request_params_invalid"
-    with pytest.raises(openai.BadRequestError) as ei:
-        client.chat.completions.create(model="step-3.5-flash-2603", messages=msgs(), reasoning_effort="medium")
     err = _err(ei.value)
-    assert err["code"] == "request_params_invalid" and "low, high" in err["message"]
-    client.chat.completions.create(model="step-3.5-flash-2603", messages=msgs(), reasoning_effort="high")
-    assert fake.last.body["reasoning_effort"] == "high"
-    # A model with no effort support ignores it (agents always send one).
-    client.chat.completions.create(model="step-3.5-flash", messages=msgs(), reasoning_effort="low")
-    assert "reasoning_effort" not in fake.last.body
+    assert err["code"] == "request_params_invalid" and err["param"] == "reasoning_effort"
+    assert "minimal, low, medium, high, xhigh, max" in err["message"] and not fake.requests
+    # Any other word maps to the nearest level the model has (full table: tests/api/test_effort_mapping.py).
+    raw = client.chat.completions.with_raw_response.create(model="step-3.5-flash-2603", messages=msgs(),
+                                                           reasoning_effort="medium")
+    assert fake.last.body["reasoning_effort"] == "high" and raw.headers["x-stepplan-effort"] == "high"
+    client.chat.completions.create(model="step-3.5-flash-2603", messages=msgs(), reasoning_effort="minimal")
+    assert fake.last.body["reasoning_effort"] == "low"
+    # A model with no effort levels gets none (agents always send one), and no header says one was used.
+    raw = client.chat.completions.with_raw_response.create(model="step-3.5-flash", messages=msgs(),
+                                                           reasoning_effort="low")
+    assert "reasoning_effort" not in fake.last.body and "x-stepplan-effort" not in raw.headers
 
 
 def test_engine_model_cannot_be_requested(client: openai.OpenAI) -> None:

@@ -6,6 +6,11 @@ completion built from the request; a test can queue exact replies instead:
 
     fake.queue_json(body, status=200)
     fake.queue_sse([chunk_dict_or_raw_bytes, ...], delay=0.0, cut=False)
+
+With ``fake.prompt_cache = PromptCache()`` (tests/fakes/prompt_cache.py) it also simulates
+Anthropic prompt caching on ``/v1/messages``: the usage of every reply, queued or default,
+gets the input, cache-read and cache-write tokens the request's breakpoints earn, and more
+than 4 breakpoints is Anthropic's 400. ``reset()`` turns it off again.
 """
 
 from __future__ import annotations
@@ -15,11 +20,13 @@ import socket
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 from aiohttp import web
+
+from tests.fakes.prompt_cache import PromptCache, TooManyBreakpoints
 
 DEFAULT_TEXT = "Hello from the fake upstream!"
 DEFAULT_USAGE = {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
@@ -57,6 +64,7 @@ class FakeUpstream:
         self.requests: list[Recorded] = []
         self.replies: deque[Reply] = deque()
         self.cancelled = 0  # streams whose client went away before the end
+        self.prompt_cache: PromptCache | None = None  # set to simulate Anthropic prompt caching
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -80,6 +88,7 @@ class FakeUpstream:
         self.requests.clear()
         self.replies.clear()
         self.cancelled = 0
+        self.prompt_cache = None
 
     @property
     def last(self) -> Recorded:
@@ -125,6 +134,8 @@ class FakeUpstream:
             body = raw.decode(errors="replace")
         self.requests.append(Recorded(request.path, dict(request.headers), body, time.time()))
         reply = self.replies.popleft() if self.replies else self._default(request.path, body)
+        if self.prompt_cache is not None and request.path.endswith("/messages") and isinstance(body, dict):
+            reply = self._cached(reply, body)
         try:
             if reply.hang:
                 await asyncio.sleep(60)
@@ -151,6 +162,26 @@ class FakeUpstream:
             self.cancelled += 1
             raise
         return resp
+
+    def _cached(self, reply: Reply, body: dict[str, Any]) -> Reply:
+        """The reply with the usage prompt caching gives this request (or Anthropic's 400)."""
+        assert self.prompt_cache is not None
+        try:
+            usage = self.prompt_cache.observe(body)
+        except TooManyBreakpoints as exc:
+            return Reply(status=400, json={"type": "error", "error": {"type": "invalid_request_error",
+                                                                      "message": str(exc)}})
+        if isinstance(reply.json, dict) and isinstance(reply.json.get("usage"), dict):
+            return replace(reply, json={**reply.json, "usage": {**reply.json["usage"], **usage}})
+        if reply.sse is not None:
+            chunks: list[Any] = []
+            for chunk in reply.sse:
+                if isinstance(chunk, tuple) and chunk[0] == "message_start":
+                    msg = chunk[1]["message"]
+                    chunk = (chunk[0], {**chunk[1], "message": {**msg, "usage": {**msg.get("usage", {}), **usage}}})
+                chunks.append(chunk)
+            return replace(reply, sse=chunks)
+        return reply
 
     # ---------------------------------------------------------------- default replies
     def _default(self, path: str, body: Any) -> Reply:

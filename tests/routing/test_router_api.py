@@ -102,10 +102,37 @@ def test_field_rule_web_search_unsupported(split_gateway: Gateway, rkey: str) ->
     assert ei.value.response.json()["error"]["code"] == "unsupported_content_type"
 
 
-def test_effort_is_not_forwarded_by_the_router(split_gateway: Gateway, rkey: str, fake: FakeUpstream) -> None:
-    client(split_gateway, rkey).chat.completions.create(
-        model="step-router-v1", messages=[{"role": "user", "content": EASY}], reasoning_effort="high")
-    assert "reasoning_effort" not in fake.last.body
+def _effort_call(gw: Gateway, key: str, text: str, session: str, **body: object) -> httpx.Response:
+    r = httpx.post(f"{gw.openai_base}/chat/completions", headers={"authorization": f"Bearer {key}",
+                                                                  "x-session-id": session},
+                   json={"model": "step-router-v1", "messages": [{"role": "user", "content": text}], **body},
+                   timeout=30)
+    assert r.status_code == 200, r.text
+    return r
+
+
+def test_router_maps_effort_per_engine(split_gateway: Gateway, rkey: str, fake: FakeUpstream) -> None:
+    """Each engine gets the client's effort mapped to its own levels, as if asked for by name:
+    step-3.7-flash low/medium/high, deepseek-v4-pro high/max (xhigh is a tie: its default, high)."""
+    r = _effort_call(split_gateway, rkey, EASY, "eff-flash", reasoning_effort="minimal")
+    assert r.headers["x-stepplan-routed-model"] == "step-3.7-flash"
+    assert fake.last.body["reasoning_effort"] == "low" and r.headers["x-stepplan-effort"] == "low"
+    for word, level in (("medium", "high"), ("xhigh", "high"), ("max", "max")):
+        r = _effort_call(split_gateway, rkey, HARD, "eff-pro", reasoning_effort=word)
+        assert r.headers["x-stepplan-routed-model"] == "deepseek-v4-pro"
+        assert fake.last.body["reasoning_effort"] == level and r.headers["x-stepplan-effort"] == level, word
+    # "none" (and thinking disabled): DeepSeek's own switch; no effort with it.
+    r = _effort_call(split_gateway, rkey, HARD, "eff-pro", reasoning_effort="none")
+    assert fake.last.body["thinking"] == {"type": "disabled"} and "reasoning_effort" not in fake.last.body
+    assert "x-stepplan-effort" not in r.headers
+
+
+def test_router_fallback_engine_gets_its_own_effort(split_gateway: Gateway, rkey: str, fake: FakeUpstream) -> None:
+    for _ in range(2):  # one try + one retry on the pro engine
+        fake.queue_json({"error": {"message": "overloaded"}}, status=503, headers={"retry-after": "0"})
+    r = _effort_call(split_gateway, rkey, HARD, "eff-fb", reasoning_effort="max")
+    assert [q.body["reasoning_effort"] for q in fake.requests] == ["max", "max", "high"]
+    assert r.headers["x-stepplan-routed-model"] == "step-3.7-flash" and r.headers["x-stepplan-effort"] == "high"
 
 
 # ------------------------------------------------------------------ routing and explanation
