@@ -89,13 +89,23 @@ class TraceAndLimit:
             self.in_flight -= 1
 
 
+# Model calls: served by HotPath straight from the route table (same handlers, no second registration).
+HOT_PATHS = frozenset({"/step_plan/v1/chat/completions", "/step_plan/v1/messages"})
+
+
 class HotPath:
     """Model calls skip Starlette's router and middleware stack: an exact path lookup, then
-    the handler (already wrapped by the error boundary). Everything else goes to Starlette."""
+    the handler (already wrapped by the error boundary). Everything else goes to Starlette.
+    The handlers are the ones ``routes()`` registered for :data:`HOT_PATHS` (POST)."""
 
-    def __init__(self, app: Starlette, routes: dict[str, Handler]):
+    def __init__(self, app: Starlette):
         self.app = app
-        self.routes = routes
+        self.routes: dict[str, Handler] = {
+            r.path: r.endpoint for r in app.routes
+            if isinstance(r, Route) and r.path in HOT_PATHS and "POST" in (r.methods or ())}
+        missing = HOT_PATHS - set(self.routes)
+        if missing:
+            raise RuntimeError(f"hot paths without a POST route: {sorted(missing)}")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -191,13 +201,9 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> ASG
             await gateway.aclose()
             await engine.dispose()
 
-    from .api import anthropic as anthropic_api
-
     app = Starlette(routes=routes(), lifespan=lifespan,
                     exception_handlers={404: not_found, 405: not_found})
-    hot = {"/step_plan/v1/chat/completions": guarded(openai_api.chat_completions),
-           "/step_plan/v1/messages": guarded(anthropic_api.messages)}
-    return TraceAndLimit(HotPath(app, hot), max_concurrency=settings.max_concurrency)
+    return TraceAndLimit(HotPath(app), max_concurrency=settings.max_concurrency)
 
 
 def app_factory() -> ASGIApp:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from functools import partial
 
@@ -91,8 +91,24 @@ def check_capabilities(req: Request, spec: ModelSpec) -> Request:
 
 
 # ============================================================================ the call
+@dataclass(slots=True, frozen=True)
+class Settled:
+    """The last item of a streamed call: its ledger entry is durable; ``usage`` is what was billed
+    (the upstream's final count, or a local one), for the encoder's closing frames."""
+
+    usage: Usage
+
+
 @dataclass(slots=True)
 class Call:
+    """One call's life after admission. Both shapes read as one straight line:
+
+    ``open()`` (first event, so failures before any byte are HTTP errors) → ``stream()``
+    (events as they arrive, then :class:`Settled` once the ledger entry is durable); or
+    ``complete()`` (the whole response, returned once its entry is durable). Either way the
+    reservation taken by :meth:`Gateway.start_call` is settled exactly once, in ``_settle``.
+    """
+
     gateway: Gateway
     req: Request
     spec: ModelSpec  # what the client asked for
@@ -102,9 +118,12 @@ class Call:
     trace_id: str
     t0: float
     served: ModelSpec | None = None
-    settlement: object = None  # the meter's durability awaitable, set when the stream settles
+    settlement: Awaitable[None] | None = None  # the meter's durability awaitable, set when the call settles
     upstream_s: float = 0.0  # time spent waiting on upstreams (to the first event, for streams)
-    usage: Usage | None = None  # a stream's final (billed) usage, set when it settles
+    usage: Usage | None = None  # the billed usage, set when the call settles
+    _events: AsyncIterator[Event] | None = None
+    _first: Event | None = None
+    _recorded: Awaitable[None] | None = None  # the reasoning record's write, when the call made tool calls
     views: dict[str, Request] | None = None  # router calls: what each engine receives (by engine id)
 
     def request_for(self, spec: ModelSpec) -> Request:
@@ -130,10 +149,25 @@ class Call:
     def served_model(self) -> ModelSpec:
         return self.served or self.route.engines[0]
 
+    def headers(self, arrived: float | None = None) -> dict[str, str]:
+        """Response headers every protocol sends: Credit left, gateway overhead, the effort the
+        serving engine was sent, and for ``step-router-v1`` the engine that served and why."""
+        headers = self.gateway.meter.headers(self.reservation)
+        if arrived is not None:
+            headers["x-stepplan-overhead-ms"] = self.overhead_ms(arrived)
+        effort = self.effort
+        if effort is not None:
+            headers["x-stepplan-effort"] = effort
+        if self.spec.kind == "router":
+            headers["x-stepplan-routed-model"] = self.served_model.id
+            if self.route.reason:
+                headers["x-stepplan-route-reason"] = self.route.reason
+        return headers
+
     def _ctx(self) -> CallContext:
         return CallContext(self.trace_id, self.gateway.reasoning.restore)
 
-    def _settle(self, usage: Usage, status: str, first_byte: float | None) -> object:
+    def _settle(self, usage: Usage, status: str, first_byte: float | None) -> Awaitable[None]:
         now = time.perf_counter()
         call_line(log, f"trace={self.trace_id} account={self.key.account_name} key={self.key.key_id} "
                        f"model={self.spec.id} served={self.served_model.id} status={status} in={usage.input} "
@@ -143,7 +177,9 @@ class Call:
             first_byte_ms=None if first_byte is None else (first_byte - self.t0) * 1000,
             total_ms=(now - self.t0) * 1000,
         )
-        return self.gateway.meter.settle(self.reservation, outcome)
+        self.usage = usage
+        self.settlement = self.gateway.meter.settle(self.reservation, outcome)
+        return self.settlement
 
     def _local_usage(self, output_text: str) -> Usage:
         """Counted here only when no upstream reported usable usage."""
@@ -167,46 +203,86 @@ class Call:
         return usage
 
     async def complete(self) -> Response:
-        last: GatewayError | None = None
+        """The whole response from the first engine that answers, returned once its ledger entry
+        is durable; settles exactly once however the call ends."""
+        status = "error"
         try:
-            for spec in self.route.engines:
-                engine = self.gateway.engines.for_model(spec.id)
+            for i, spec in enumerate(self.route.engines):
                 self.served = spec
                 t = time.perf_counter()
                 try:
-                    resp = await engine.complete(self.request_for(spec), spec, self._ctx())
+                    resp = await self.gateway.engines.for_model(spec.id).complete(self.request_for(spec), spec,
+                                                                                  self._ctx())
                 except GatewayError as exc:
                     self.upstream_s += time.perf_counter() - t
-                    if not exc.fallback_ok:
-                        raise
-                    last = exc
-                    log.warning("trace=%s engine=%s failed: %s", self.trace_id, spec.id, exc.message)
+                    status = "upstream_error"
+                    self._fall_back(exc, spec, i, started=False)
                     continue
                 self.upstream_s += time.perf_counter() - t
                 resp.usage = self._billed(resp.usage, partial(_text_of, resp.content), True)
-                self._remember(resp.content)
+                recorded = self._remember(resp.content)
                 await self._settle(resp.usage, "ok", None)
+                if recorded is not None:
+                    await recorded  # the reasoning record too is durable before the answer leaves
                 return resp
+            raise AssertionError("unreachable: the last engine's failure is raised by _fall_back")
         except asyncio.CancelledError:
-            if not self.reservation.settled:  # the client went away before the answer
-                self._settle(Usage(), "client_disconnect", None)
+            status = "client_disconnect"  # the client went away before the answer
             raise
-        except BaseException:
+        finally:
             if not self.reservation.settled:
-                self._settle(Usage(), "error", None)
-            raise
-        self._settle(Usage(), "upstream_error", None)
-        assert last is not None
-        raise last
+                self._settle(Usage(), status, None)
 
-    def _remember(self, blocks: list) -> None:
+    def _fall_back(self, exc: GatewayError, spec: ModelSpec, i: int, started: bool) -> None:
+        """Let the next engine take over after ``exc`` — only before the first byte, only for errors
+        that allow it, only while engines remain; otherwise raise ``exc``."""
+        if started or not exc.fallback_ok or i + 1 >= len(self.route.engines):
+            raise exc
+        log.warning("trace=%s engine=%s failed before the first byte: %s; falling back", self.trace_id, spec.id,
+                    exc.message)
+
+    def _remember(self, blocks: list[Block]) -> Awaitable[None] | None:
         calls = [b.id for b in blocks if isinstance(b, ToolCall)]
-        if calls:
-            reasoning = "".join(b.text for b in blocks if isinstance(b, Thinking) and not b.redacted)
-            self.gateway.reasoning.remember(calls, reasoning)
+        if not calls:
+            return None
+        reasoning = "".join(b.text for b in blocks if isinstance(b, Thinking) and not b.redacted)
+        return self.gateway.reasoning.remember(calls, reasoning)
 
-    async def events(self) -> AsyncIterator[Event]:
-        """Canonical events as they arrive; settles exactly once however the stream ends."""
+    async def open(self) -> Event:
+        """Start a streamed call and wait for its first event: a failure before any byte (every
+        engine failed, or the client left) raises here and becomes an HTTP error; after this,
+        :meth:`headers` are final and :meth:`stream` cannot fail before its first item."""
+        events = self._run_stream()
+        try:
+            self._first = await events.__anext__()
+        except BaseException:
+            await events.aclose()
+            raise
+        self._events = events
+        return self._first
+
+    async def stream(self) -> AsyncIterator[Event | Settled]:
+        """After :meth:`open`: the first event, the rest as they arrive, and last a
+        :class:`Settled` once the ledger entry is durable. Closing it early (the client went
+        away) cancels the upstream call and settles what was delivered."""
+        events, first = self._events, self._first
+        if events is None or first is None:
+            raise RuntimeError("Call.stream() before Call.open()")
+        try:
+            yield first
+            async for ev in events:
+                yield ev
+        finally:
+            await events.aclose()
+        if self.settlement is not None:
+            await self.settlement
+        if self._recorded is not None:
+            await self._recorded  # the reasoning behind its tool calls, for the next turn on any worker
+        yield Settled(self.usage or Usage())
+
+    async def _run_stream(self) -> AsyncIterator[Event]:
+        """Canonical events as they arrive from the first engine that answers; settles exactly
+        once however the stream ends."""
         usage: Usage | None = None
         status = "client_disconnect"
         first: float | None = None
@@ -238,25 +314,17 @@ class Call:
                         yield ev
                     break
                 except GatewayError as exc:
-                    if not exc.fallback_ok:
-                        status = "upstream_error"
-                        raise
-                    # Before the first byte another engine may take over; after it, the error goes out.
+                    status = "upstream_error"
                     if first is None:
                         self.upstream_s += time.perf_counter() - t
-                    if first is None and i + 1 < len(self.route.engines):
-                        log.warning("trace=%s engine=%s failed before first byte: %s; falling back",
-                                    self.trace_id, spec.id, exc.message)
-                        continue
-                    status = "upstream_error"
-                    raise
+                    self._fall_back(exc, spec, i, started=first is not None)
+                    status = "client_disconnect"
+                    continue
             if calls:
-                self.gateway.reasoning.remember(calls, "".join(thinking))
+                self._recorded = self.gateway.reasoning.remember(calls, "".join(thinking))
         finally:
-            usage = self._billed(usage, lambda: "".join(thinking) + "".join(out_parts),
-                                 first is not None or status == "ok")
-            self.usage = usage
-            self.settlement = self._settle(usage, status, first)
+            self._settle(self._billed(usage, lambda: "".join(thinking) + "".join(out_parts),
+                                      first is not None or status == "ok"), status, first)
 
 
 # ============================================================================ the gateway
@@ -321,4 +389,4 @@ def _engine_view(req: Request, engine: ModelSpec) -> Request:
     return req
 
 
-__all__ = ["Call", "Gateway", "InvalidRequest", "check_capabilities"]
+__all__ = ["Call", "Gateway", "InvalidRequest", "Settled", "check_capabilities"]

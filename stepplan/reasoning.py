@@ -96,7 +96,8 @@ class SignatureAccumulator:
 class ReasoningStore:
     """Tool-call id → the reasoning that led to it: a bounded, time-limited map in this process,
     backed (when started with a database) by ``reasoning_records``, which every worker shares and
-    which outlives restarts. Writes are batched off the request path; a request whose assistant
+    which outlives restarts. Writes are batched off the request path (a call that made tool calls
+awaits its record before its last byte, like its ledger entry); a request whose assistant
     turns have tool calls unknown here looks them up once (:meth:`prefetch`) before the upstream
     call, and the answer (found or not) is cached here."""
 
@@ -107,6 +108,7 @@ class ReasoningStore:
         self._items: OrderedDict[str, tuple[float, str]] = OrderedDict()
         self._sessions: Any = None
         self._pending: list[dict[str, Any]] = []
+        self._waiters: list[asyncio.Future[None]] = []  # calls waiting for their pending records
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self.stats = {"saved": 0, "lookups": 0, "found": 0, "write_errors": 0}
@@ -120,23 +122,30 @@ class ReasoningStore:
         while len(self._items) > self.max_entries:
             self._items.popitem(last=False)
 
-    def remember(self, calls: list[str], reasoning: str) -> None:
+    def remember(self, calls: list[str], reasoning: str) -> asyncio.Future[None] | None:
+        """Record the reasoning behind ``calls``. With a shared record, returns a future that
+        completes once the record is written (or could not be): a call awaits it before its last
+        byte, so the client's next turn finds it on any worker. ``None`` when nothing is written."""
         if not calls:
-            return
+            return None
         mono = time.monotonic()
         if not reasoning:  # known to have none: no lookup for these ids here
             for call_id in calls:
                 self._put(call_id, mono + self.miss_ttl, "")
             self._trim()
-            return
+            return None
         expiry = mono + self.ttl
         for call_id in calls:
             self._put(call_id, expiry, reasoning)
         self._trim()
-        if self._wake is not None:
-            wall = int(time.time() + self.ttl)
-            self._pending.extend({"call_id": c, "reasoning": reasoning, "expires_at": wall} for c in calls)
-            self._wake.set()
+        if self._wake is None:
+            return None
+        wall = int(time.time() + self.ttl)
+        self._pending.extend({"call_id": c, "reasoning": reasoning, "expires_at": wall} for c in calls)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(done)
+        self._wake.set()
+        return done
 
     def restore(self, calls: list[ToolCall]) -> str | None:
         now = time.monotonic()
@@ -179,6 +188,10 @@ class ReasoningStore:
                 await self._task
             self._task = None
         await self._flush()
+        for w in self._waiters:
+            if not w.done():
+                w.set_result(None)
+        self._waiters = []
         self._wake = None
 
     async def prefetch(self, call_ids: list[str]) -> None:
@@ -211,7 +224,9 @@ class ReasoningStore:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            await asyncio.sleep(0.01)  # let a burst of answers share one transaction
+            # Calls wait for their record before their last byte, so write at once: answers that
+            # arrive while a batch is being written share the next transaction (adaptive group commit).
+            await asyncio.sleep(0)
             await self._flush()
             if time.monotonic() - last_purge > 600:
                 last_purge = time.monotonic()
@@ -223,23 +238,31 @@ class ReasoningStore:
         from .store import reasoning_records
 
         batch, self._pending = self._pending, []
-        for attempt in range(5):
-            try:
-                async with self._sessions() as s:
-                    await reasoning_records.save(s, batch)
-                    await s.commit()
-                self.stats["saved"] += len(batch)
-                return
-            except asyncio.CancelledError:
-                self._pending[:0] = batch
-                raise
-            except Exception:
-                if attempt == 4:
-                    self.stats["write_errors"] += 1
-                    log.warning("could not save %d reasoning records; other workers will not replay them",
-                                len(batch), exc_info=True)
+        waiters, self._waiters = self._waiters, []
+        try:
+            for attempt in range(5):
+                try:
+                    async with self._sessions() as s:
+                        await reasoning_records.save(s, batch)
+                        await s.commit()
+                    self.stats["saved"] += len(batch)
                     return
-                await asyncio.sleep(0.01 * 2**attempt)
+                except asyncio.CancelledError:
+                    self._pending[:0] = batch
+                    self._waiters[:0] = waiters
+                    waiters = []
+                    raise
+                except Exception:
+                    if attempt == 4:
+                        self.stats["write_errors"] += 1
+                        log.warning("could not save %d reasoning records; other workers will not replay them",
+                                    len(batch), exc_info=True)
+                        return
+                    await asyncio.sleep(0.01 * 2**attempt)
+        finally:
+            for w in waiters:  # written or given up: a call never waits on the record for ever
+                if not w.done():
+                    w.set_result(None)
 
     async def _purge(self) -> None:
         from .store import reasoning_records

@@ -17,7 +17,6 @@ from ..protocols.anthropic_request import decode_request
 from ..protocols.anthropic_response import StreamEncoder, encode_response
 from ..tokens import count_request
 from .common import authenticate, read_json, session_id, sse_body, trace_id, until_disconnect
-from .openai import call_headers, prefetch
 from .responses import JSONResponse, SSEResponse
 
 log = logging.getLogger("stepplan.api")
@@ -31,17 +30,16 @@ async def messages(request: HTTPRequest) -> Response:
     req = decode_request(body, gw.signer)
     req.session_id = session_id(request, body.get("metadata"))
     call = await gw.start_call(req, key, trace, size)
+    arrived = request.scope["stepplan.t0"]
     msg_id = f"msg_{trace}"
     if not req.stream:
         resp = await until_disconnect(request, call.complete())
-        headers = {**call_headers(call, request), "request-id": trace}
+        headers = {**call.headers(arrived), "request-id": trace}
         return JSONResponse(encode_response(resp, req.model, msg_id, gw.signer), headers=headers)
-    events, first = await until_disconnect(request, prefetch(call))
-    headers = {**call_headers(call, request), "request-id": trace}
+    await until_disconnect(request, call.open())
+    headers = {**call.headers(arrived), "request-id": trace}
     enc = StreamEncoder(msg_id, req.model, gw.signer)
-    frames = sse_body(call, events, lambda: enc.start(first) + enc.feed(first), enc,
-                    lambda e: e.anthropic_body(trace), trace)
-    return SSEResponse(frames, headers=headers)
+    return SSEResponse(sse_body(call, enc, lambda e: e.anthropic_body(trace), trace), headers=headers)
 
 
 async def count_tokens(request: HTTPRequest) -> Response:

@@ -13,6 +13,7 @@ import orjson
 from starlette.requests import Request as HTTPRequest
 
 from ..errors import ClientClosed, GatewayError, InvalidRequest, PayloadTooLarge
+from ..pipeline import Settled
 from ..store.accounts import KeyInfo
 from .responses import JSONResponse
 
@@ -121,8 +122,12 @@ async def until_disconnect(request: HTTPRequest, work: Awaitable[T]) -> T:
         watcher.cancel()
 
 
-class ClientStream(Protocol):
-    """What a protocol's stream encoder offers (OpenAI chunks or Anthropic events)."""
+class StreamCodec(Protocol):
+    """The contract of every protocol's stream encoder (OpenAI chunks, Anthropic events, …):
+    ``start(first)`` opens the stream, ``feed(e)`` encodes one canonical event, ``end(usage)``
+    closes it with the billed usage, ``error(body)`` ends it with an in-protocol error event."""
+
+    def start(self, first: Event) -> bytes: ...
 
     def feed(self, ev: Event) -> bytes: ...
 
@@ -132,26 +137,29 @@ class ClientStream(Protocol):
     def error(body: dict[str, Any]) -> bytes: ...
 
 
-async def sse_body(call: Call, events: AsyncIterator[Event], head: Callable[[], bytes], enc: ClientStream,
-                   error_body: Callable[[GatewayError], dict[str, Any]], trace: str) -> AsyncIterator[bytes]:
-    """The body of a streamed model response, in either protocol: the opening frames,
-    each event as it arrives, a protocol error event if anything fails after the first
-    byte (never a silent cut), and the closing frames once the ledger entry is durable."""
+async def sse_body(call: Call, enc: StreamCodec, error_body: Callable[[GatewayError], dict[str, Any]],
+                   trace: str) -> AsyncIterator[bytes]:
+    """The body of a streamed model response, in any protocol: the call's events encoded as they
+    arrive, closing frames once :class:`~stepplan.pipeline.Settled` says the ledger entry is
+    durable, and an in-protocol error event if anything fails after the first byte (never a
+    silent cut)."""
+    stream = call.stream()
+    head = True
     try:
-        yield head()
-        async for ev in events:
-            out = enc.feed(ev)
+        async for item in stream:
+            if isinstance(item, Settled):
+                yield enc.end(item.usage)
+                return
+            if head:  # the opening frames and the first event leave in one write
+                out, head = enc.start(item) + enc.feed(item), False
+            else:
+                out = enc.feed(item)
             if out:
                 yield out
     except GatewayError as exc:
         yield enc.error(error_body(exc))
-        return
     except Exception:  # a bug must still end the stream in protocol, not as a cut connection
         log.exception("trace=%s stream failed", trace)
         yield enc.error(error_body(GatewayError(f"internal error; quote trace id {trace} when reporting it")))
-        return
     finally:
-        await events.aclose()  # type: ignore[attr-defined]
-    if call.settlement is not None:
-        await call.settlement  # the ledger entry is durable before the stream ends
-    yield enc.end(call.usage)
+        await stream.aclose()  # type: ignore[attr-defined]

@@ -3,44 +3,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import Response
 
 from ..catalog import model_card
 from ..errors import ModelNotFound
-from ..pipeline import Call
-from ..protocols.canonical import Event
 from ..protocols.openai_request import decode_request
 from ..protocols.openai_response import StreamEncoder, encode_response
 from .common import authenticate, read_json, session_id, sse_body, trace_id, until_disconnect
 from .responses import JSONResponse, SSEResponse
-
-
-def call_headers(call: Call, request: HTTPRequest | None = None) -> dict[str, str]:
-    headers = call.gateway.meter.headers(call.reservation)
-    if request is not None:
-        headers["x-stepplan-overhead-ms"] = call.overhead_ms(request.scope["stepplan.t0"])
-    effort = call.effort
-    if effort is not None:
-        headers["x-stepplan-effort"] = effort
-    if call.spec.kind == "router":
-        headers["x-stepplan-routed-model"] = call.served_model.id
-        if call.route.reason:
-            headers["x-stepplan-route-reason"] = call.route.reason
-    return headers
-
-
-async def prefetch(call: Call) -> tuple[AsyncIterator[Event], Event]:
-    """Wait for the first event so that failures before any byte become HTTP errors."""
-    events = call.events()
-    try:
-        first = await events.__anext__()
-    except BaseException:
-        await events.aclose()
-        raise
-    return events, first
 
 
 async def chat_completions(request: HTTPRequest) -> Response:
@@ -51,15 +23,14 @@ async def chat_completions(request: HTTPRequest) -> Response:
     req = decode_request(body)
     req.session_id = session_id(request)
     call = await gw.start_call(req, key, trace, size)
+    arrived = request.scope["stepplan.t0"]
     if not req.stream:
         resp = await until_disconnect(request, call.complete())
         resp.id = f"chatcmpl-{trace}"
-        return JSONResponse(encode_response(resp, req.model), headers=call_headers(call, request))
-    events, first = await until_disconnect(request, prefetch(call))
+        return JSONResponse(encode_response(resp, req.model), headers=call.headers(arrived))
+    await until_disconnect(request, call.open())
     enc = StreamEncoder(f"chatcmpl-{trace}", req.model, req.include_usage, int(time.time()))
-    frames = sse_body(call, events, lambda: enc.start() + enc.feed(first), enc,
-                    lambda e: e.openai_body(trace), trace)
-    return SSEResponse(frames, headers=call_headers(call, request))
+    return SSEResponse(sse_body(call, enc, lambda e: e.openai_body(trace), trace), headers=call.headers(arrived))
 
 
 async def list_models(request: HTTPRequest) -> Response:

@@ -226,7 +226,8 @@ class StreamEncoder:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
         return self.prefix + b'"choices":' + orjson.dumps([choice]) + b"}\n\n"
 
-    def start(self) -> bytes:
+    def start(self, first: Event | None = None) -> bytes:
+        """The opening chunk (role assistant)."""
         return self._chunk({})
 
     def feed(self, ev: Event) -> bytes:
