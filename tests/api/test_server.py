@@ -28,7 +28,10 @@ def test_overloaded_503_in_callers_protocol(tmp_path: Path, fake: FakeUpstream) 
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             slow = pool.submit(httpx.post, f"{gw.openai_base}/chat/completions", json=body,
                                headers={"authorization": f"Bearer {key}"}, timeout=30)
-            time.sleep(0.5)
+            deadline = time.monotonic() + 20  # the slow call has reached the upstream: it holds the one slot
+            while not fake.requests and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert fake.requests, "the first call never reached the upstream"
             r = httpx.post(f"{gw.openai_base}/chat/completions", json=body, headers={"authorization": f"Bearer {key}"})
             a = httpx.post(f"{gw.openai_base}/messages", json={**body, "max_tokens": 5},
                            headers={"x-api-key": key, "anthropic-version": "2023-06-01"})
@@ -59,11 +62,15 @@ def test_two_workers_on_sqlite(tmp_path: Path, fake: FakeUpstream) -> None:
         assert codes == [200] * 20
         keys = json.loads(gw.cli("keys", "list", "--account", "multi", "--json").stdout)
         gw.cli("keys", "revoke", str(keys[0]["id"]))
-        time.sleep(0.8)
+        deadline = time.monotonic() + 10  # every worker polls the auth epoch (0.25 s); poll until all refuse
         with httpx.Client(timeout=30) as c:
-            codes = [c.post(f"{gw.openai_base}/chat/completions", json=body,
-                            headers={"authorization": f"Bearer {key}", "connection": "close"}).status_code
-                     for _ in range(10)]
+            while True:
+                codes = [c.post(f"{gw.openai_base}/chat/completions", json=body,
+                                headers={"authorization": f"Bearer {key}", "connection": "close"}).status_code
+                         for _ in range(10)]
+                if codes == [401] * 10 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
         assert codes == [401] * 10, "revocation must reach every worker"
     finally:
         gw.stop()
