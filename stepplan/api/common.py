@@ -193,4 +193,4 @@ async def sse_body(call: Call, enc: StreamCodec, error_body: Callable[[GatewayEr
         log.exception("trace=%s stream failed", trace)
         yield enc.error(error_body(GatewayError(f"internal error; quote trace id {trace} when reporting it")))
     finally:
-        await stream.aclose()  # type: ignore[attr-defined]
+        await stream.aclose()
