@@ -60,6 +60,11 @@ class Settings:
     secret: str | None = None
     max_body_bytes: int = 32 * 1024 * 1024
     max_concurrency: int = 10_000
+    # client connections (stepplan.http_guard): header count/size limits, header and body timeouts
+    max_headers: int = 100
+    max_header_bytes: int = 64 * 1024
+    header_timeout: float = 15.0
+    body_timeout: float = 120.0
     log_level: str = "info"
     config_path: str | None = None
 
@@ -134,5 +139,9 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
     s.secret = env.get("STEPPLAN_SECRET") or server.get("secret")
     s.max_body_bytes = int(server.get("max_body_bytes", s.max_body_bytes))
     s.max_concurrency = int(server.get("max_concurrency", s.max_concurrency))
+    s.max_headers = int(server.get("max_headers", s.max_headers))
+    s.max_header_bytes = int(server.get("max_header_bytes", s.max_header_bytes))
+    s.header_timeout = float(server.get("header_timeout", s.header_timeout))
+    s.body_timeout = float(server.get("body_timeout", s.body_timeout))
     s.log_level = server.get("log_level", s.log_level)
     return s

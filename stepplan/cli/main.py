@@ -104,10 +104,27 @@ def serve(ctx: click.Context, config: str | None, host: str, port: int, workers:
     asyncio.run(prepare())  # migrate once, before any worker starts
     click.echo(f"stepplan listening on http://{host}:{port} (workers={workers}, db={settings.database_url})",
                err=True)
-    uvicorn.run("stepplan.app:app_factory", factory=True, host=host, port=port, workers=workers,
-                loop="uvloop", http="httptools", log_level="warning" if level == "info" else level,
-                access_log=False, timeout_keep_alive=75, backlog=4096,
-                proxy_headers=False)  # client addresses are not used: skip the per-request middleware
+    from uvicorn.supervisors import Multiprocess
+
+    from ..http_guard import GuardedHttpToolsProtocol, Limits
+
+    cfg = uvicorn.Config("stepplan.app:app_factory", factory=True, host=host, port=port, workers=workers,
+                         loop="uvloop", http=GuardedHttpToolsProtocol,
+                         log_level="warning" if level == "info" else level, access_log=False,
+                         timeout_keep_alive=75, backlog=4096,
+                         proxy_headers=False)  # client addresses are not used: skip the per-request middleware
+    cfg.stepplan_limits = Limits(settings.max_headers, settings.max_header_bytes,  # type: ignore[attr-defined]
+                                 settings.header_timeout, settings.body_timeout)
+    server = uvicorn.Server(cfg)
+    try:  # what uvicorn.run does, with our Config (it travels to each worker process)
+        if workers > 1:
+            Multiprocess(cfg, sockets=[cfg.bind_socket()]).run()
+        else:
+            server.run()
+    except KeyboardInterrupt:
+        pass
+    if workers == 1 and not server.started:
+        sys.exit(3)  # uvicorn's start-up failure code
 
 
 # ------------------------------------------------------------------ accounts and keys
