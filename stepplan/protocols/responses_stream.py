@@ -268,7 +268,10 @@ class StreamEncoder:
         """A failure after the first byte: an ``error`` event, then ``response.failed``."""
         err = body.get("error", body)
         code, message = err.get("code"), err.get("message") or "error"
-        failed = self.answer.response("failed", self.output, self.usage, error={"code": code, "message": message})
+        # response.error.code is one of OpenAI's few; the StepFun code leads the message and is the error event's code
+        failed = self.answer.response("failed", self.output, self.usage, error={
+            "code": "rate_limit_exceeded" if code == "rate_limit_exceeded" else "server_error",
+            "message": f"{code}: {message}" if code else message})
         return (self._event("error", {"code": code, "message": message, "param": err.get("param")})
                 + self._event("response.failed", {"response": failed}))
 
