@@ -149,7 +149,7 @@ async def create(request: HTTPRequest) -> Response:
     if not req.stream:
         resp = await until_disconnect(request, call.complete())
         client, stored = encode_response(resp, answer)
-        if shape.store:
+        if stored is not None:
             await state.save(key, shape, stored)
         return JSONResponse(client, headers=_headers(call, arrived, dropped))
     await until_disconnect(request, call.open())

@@ -391,11 +391,11 @@ def decode_request(body: Any, opener: Opener, history: Sequence[dict[str, Any]] 
     model = b.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("'model' is required and must be a string", param="model")
-    for unsupported, why in (("conversation", "the Conversations API is not supported; use previous_response_id "
-                              "or send the history in 'input'"),
-                             ("prompt", "prompt templates are not supported; send 'instructions' and 'input'")):
-        if b.get(unsupported) is not None:
-            raise InvalidRequest(why, param=unsupported)
+    if b.get("conversation") is not None:
+        raise InvalidRequest("the Conversations API is not supported; use previous_response_id or send the "
+                             "history in 'input'", param="conversation")
+    if b.get("prompt") is not None:
+        raise InvalidRequest("prompt templates are not supported; send 'instructions' and 'input'", param="prompt")
     if b.get("background") is True:
         raise InvalidRequest("background responses are not supported; send the request without 'background'",
                              param="background")

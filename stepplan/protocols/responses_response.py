@@ -134,7 +134,8 @@ class Answer:
         body: dict[str, Any] = {
             "id": self.id, "object": "response", "created_at": self.created_at, "status": status,
             "error": error, "incomplete_details": incomplete, "model": self.model,
-            "output": [self.client_item(i) for i in output] if client else output,
+            "output": [self.client_item(i) for i in output] if client and not self.shape.include_encrypted
+            else output,
             "usage": usage_to_responses(usage) if usage is not None else None,
             **self.shape.echo,
         }
@@ -168,12 +169,15 @@ def output_items(resp: Response, answer: Answer) -> list[dict[str, Any]]:
     return items
 
 
-def encode_response(resp: Response, answer: Answer) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(what the client receives, what is stored): they differ only in sealed reasoning."""
+def encode_response(resp: Response, answer: Answer) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(what the client receives, what is stored — None when the client did not ask to store it):
+    they differ only in sealed reasoning."""
     output = output_items(resp, answer)
     status, incomplete = status_of(resp.stop_reason)
-    return (answer.response(status, output, resp.usage, incomplete=incomplete),
-            answer.response(status, output, resp.usage, incomplete=incomplete, client=False))
+    client = answer.response(status, output, resp.usage, incomplete=incomplete)
+    if not answer.shape.store:
+        return client, None
+    return client, answer.response(status, output, resp.usage, incomplete=incomplete, client=False)
 
 
 __all__ = ["Answer", "custom_input", "encode_response", "new_response_id", "output_items", "status_of",

@@ -78,8 +78,9 @@ class StreamEncoder:
 
     # ---------------------------------------------------------------- framing
     def _event(self, kind: str, data: dict[str, Any]) -> bytes:
-        data["type"] = kind
         data["sequence_number"] = self.seq
+        data["type"] = kind  # last: the stream then ends in '"type":"response.completed"}'
+
         self.seq += 1
         return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
 

@@ -270,6 +270,7 @@ def test_encode_response_items_in_model_order() -> None:
     assert (custom["call_id"], custom["name"], custom["input"]) == ("call_3", "apply_patch", "*** Begin Patch")
     assert len({i["id"] for i in client["output"]}) == 5
     # the stored copy keeps the sealed reasoning, which opens to the upstream's text and signature
+    assert stored is not None
     sealed = stored["output"][0]["encrypted_content"]
     assert SEALER.open(sealed) == Thinking("why", signature="sig")
     assert stored["output"][1:] == client["output"][1:]
@@ -280,6 +281,12 @@ def test_encrypted_content_is_sent_when_included_and_summary_only_when_asked() -
     client, _ = encode_response(resp, answer(include_encrypted=True, summary=False))
     rs = client["output"][0]
     assert rs["summary"] == [] and SEALER.open(rs["encrypted_content"]) == Thinking("why")
+
+
+def test_nothing_to_store_when_the_client_did_not_ask() -> None:
+    client, stored = encode_response(Response("up", "m", [Thinking("t"), Text("a")], "end_turn", Usage()),
+                                     answer(store=False))
+    assert stored is None and "encrypted_content" not in client["output"][0]
 
 
 def test_max_tokens_makes_the_response_incomplete() -> None:
