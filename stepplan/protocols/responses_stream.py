@@ -13,9 +13,9 @@ fragments is passed on exactly. Every event carries the next ``sequence_number``
                 → content_part.done → output_item.done
     function    output_item.added → function_call_arguments.delta… → function_call_arguments.done
                 → output_item.done
-    custom      output_item.added → custom_tool_call_input.delta → custom_tool_call_input.done
-                → output_item.done   (the raw input is inside the function's JSON arguments, so it is
-                                      sent whole when the call closes)
+    custom      output_item.added → custom_tool_call_input.delta… → custom_tool_call_input.done
+                → output_item.done   (the raw input is the string inside the function's JSON arguments
+                                      ``{"input": "…"}``: :class:`RawInput` unescapes it as it streams)
     end         response.completed | response.incomplete   (after settlement: the billed usage)
     error       error → response.failed
 
@@ -26,6 +26,7 @@ upstream signature is sealed into its item's ``encrypted_content`` when the item
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,9 +43,76 @@ from .canonical import (
     Usage,
     UsageUpdate,
 )
+from .responses_request import CUSTOM_INPUT
 from .responses_response import Answer, status_of
 
 log = logging.getLogger("stepplan.responses")
+
+_HEAD = re.compile(r'\s*\{\s*"' + CUSTOM_INPUT + r'"\s*:\s*"')
+_HEAD_TEXT = '{"' + CUSTOM_INPUT + '":"'
+_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+
+
+class RawInput:
+    """Streams the raw input of a custom tool call out of the function arguments the model writes,
+    ``{"input": "<JSON string>"}``, unescaping the string as its fragments arrive. Arguments of any
+    other form give no deltas; the call's final input (:func:`custom_input`) is then sent whole."""
+
+    __slots__ = ("buf", "pos", "state")
+
+    def __init__(self) -> None:
+        self.buf = ""
+        self.pos = 0
+        self.state = "head"  # head → string → end, or other (not the expected form)
+
+    def feed(self, fragment: str) -> str:
+        self.buf += fragment
+        if self.state == "head":
+            m = _HEAD.match(self.buf)
+            if m is None:
+                if not _HEAD_TEXT.startswith("".join(self.buf.split())):
+                    self.state = "other"
+                return ""
+            self.state, self.pos = "string", m.end()
+        if self.state != "string":
+            return ""
+        out: list[str] = []
+        buf, i, n = self.buf, self.pos, len(self.buf)
+        while i < n:
+            ch = buf[i]
+            if ch == '"':
+                self.state = "end"
+                i += 1
+                break
+            if ch != "\\":
+                j = i + 1
+                while j < n and buf[j] not in '"\\':
+                    j += 1
+                out.append(buf[i:j])
+                i = j
+                continue
+            if i + 1 >= n:
+                break  # the escape continues in the next fragment
+            esc = buf[i + 1]
+            if esc != "u":
+                out.append(_ESCAPES.get(esc, esc))
+                i += 2
+                continue
+            if i + 6 > n:
+                break
+            code = int(buf[i + 2:i + 6], 16) if re.fullmatch(r"[0-9a-fA-F]{4}", buf[i + 2:i + 6]) else 0xFFFD
+            if 0xD800 <= code < 0xDC00:  # a surrogate pair: wait for its second half
+                if i + 12 > n:
+                    break
+                low = buf[i + 8:i + 12]
+                if (buf[i + 6:i + 8] == "\\u" and re.fullmatch(r"[0-9a-fA-F]{4}", low)
+                        and 0xDC00 <= int(low, 16) < 0xE000):
+                    code = 0x10000 + ((code - 0xD800) << 10) + (int(low, 16) - 0xDC00)
+                    i += 6
+            out.append(chr(code) if code < 0xD800 or code > 0xDFFF else "\ufffd")
+            i += 6
+        self.pos = i
+        return "".join(out)
 
 
 @dataclass(slots=True)
@@ -58,7 +126,8 @@ class _Open:
     summary: bool = False  # reasoning: a summary part was opened
     call_id: str = ""  # tool calls
     name: str = ""  # tool calls: the exposed name
-    custom: bool = False
+    custom: RawInput | None = None  # custom tool calls: the raw input being unwrapped
+    sent: list[str] = field(default_factory=list)  # custom tool calls: the raw input sent so far
 
 
 class StreamEncoder:
@@ -163,7 +232,7 @@ class StreamEncoder:
         name = ev.name or ""
         tool = self.answer.shape.client_tool(name)
         call = _Open(self.answer.call_item_id(name), self._next_index(), call_id=self.answer.call_id(ev.id),
-                     name=name, custom=tool.custom)
+                     name=name, custom=RawInput() if tool.custom else None)
         self.calls[ev.index] = call
         item = self.answer.call_item(call.id, call.call_id, name, "", status="in_progress")
         return out + self._added(item, call.index)
@@ -180,8 +249,10 @@ class StreamEncoder:
         item = self.answer.call_item(call.id, call.call_id, call.name, "".join(call.parts))
         if call.custom:
             raw = item["input"]
-            if raw:
-                out += self._event("response.custom_tool_call_input.delta", {**where, "delta": raw})
+            sent = "".join(call.sent)
+            rest = raw[len(sent):] if raw.startswith(sent) else ""  # (an odd form: the done event has it right)
+            if rest:
+                out += self._event("response.custom_tool_call_input.delta", {**where, "delta": rest})
             out += self._event("response.custom_tool_call_input.done", {**where, "input": raw})
         else:
             out += self._event("response.function_call_arguments.done", {**where, "arguments": item["arguments"]})
@@ -250,9 +321,14 @@ class StreamEncoder:
         call = self.calls[ev.index]
         if ev.arguments:
             call.parts.append(ev.arguments)
-            if not call.custom:
-                out += self._event("response.function_call_arguments.delta",
-                                   {"item_id": call.id, "output_index": call.index, "delta": ev.arguments})
+            where = {"item_id": call.id, "output_index": call.index}
+            if call.custom is None:
+                out += self._event("response.function_call_arguments.delta", {**where, "delta": ev.arguments})
+            else:
+                raw = call.custom.feed(ev.arguments)
+                if raw:
+                    call.sent.append(raw)
+                    out += self._event("response.custom_tool_call_input.delta", {**where, "delta": raw})
         return out
 
     def end(self, billed: Usage | None = None) -> bytes:

@@ -3,6 +3,7 @@ every event checked against the SDK's typed models and its stream accumulator.""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from stepplan.protocols.canonical import (
@@ -19,7 +20,7 @@ from stepplan.protocols.canonical import (
 )
 from stepplan.protocols.responses_request import decode_request
 from stepplan.protocols.responses_response import Answer
-from stepplan.protocols.responses_stream import StreamEncoder
+from stepplan.protocols.responses_stream import RawInput, StreamEncoder
 from stepplan.reasoning_seal import Sealer
 from tests.responses.wire import check_events, kinds, parse_sse
 
@@ -94,14 +95,15 @@ def test_parallel_tool_calls_stay_open_together_and_keep_interleaved_fragments()
     assert added[1]["namespace"] == "agents" and added[1]["name"] == "spawn" and added[1]["arguments"] == ""
 
 
-def test_custom_tool_call_input_is_sent_whole_when_the_call_closes() -> None:
+def test_custom_tool_call_input_streams_unescaped() -> None:
     ev, _ = run([ToolCallDelta(0, "call_p", "apply_patch", '{"input":"*** Begin'),
                  ToolCallDelta(0, None, None, ' Patch\\n"}'), Finish("tool_use")])
     assert kinds(ev)[2:] == ["response.output_item.added", "response.custom_tool_call_input.delta",
-                             "response.custom_tool_call_input.done", "response.output_item.done",
-                             "response.completed"]
-    assert ev[3][1]["delta"] == "*** Begin Patch\n" and ev[4][1]["input"] == "*** Begin Patch\n"
-    item = ev[5][1]["item"]
+                             "response.custom_tool_call_input.delta", "response.custom_tool_call_input.done",
+                             "response.output_item.done", "response.completed"]
+    assert [ev[3][1]["delta"], ev[4][1]["delta"]] == ["*** Begin", " Patch\n"]
+    assert ev[5][1]["input"] == "*** Begin Patch\n"
+    item = ev[6][1]["item"]
     assert (item["type"], item["name"], item["call_id"], item["input"]) == (
         "custom_tool_call", "apply_patch", "call_p", "*** Begin Patch\n")
 
@@ -151,3 +153,32 @@ def test_a_late_fragment_for_a_closed_call_is_dropped() -> None:
     ev, _ = run([ToolCallDelta(0, "c1", "read", "{}"), TextDelta("and"), ToolCallDelta(0, None, None, "late"),
                  Finish("tool_use")])
     assert ev[-1][1]["response"]["output"][0]["arguments"] == "{}"
+
+
+def test_custom_input_in_another_form_is_sent_whole_at_the_end() -> None:
+    ev, _ = run([ToolCallDelta(0, "call_p", "apply_patch", '{"patch": "a'), ToolCallDelta(0, None, None, 'b"}'),
+                 Finish("tool_use")])
+    deltas = [d["delta"] for n, d in ev if n == "response.custom_tool_call_input.delta"]
+    assert deltas == ["ab"] and ev[-1][1]["response"]["output"][0]["input"] == "ab"
+
+
+def raw_input(fragments: list[str]) -> list[str]:
+    r = RawInput()
+    return [r.feed(f) for f in fragments]
+
+
+def test_raw_input_unescapes_across_fragment_boundaries() -> None:
+    args = '{ "input" : "a\\"b\\\\c\\nd\\u00e9\\ud83d\\ude00!" }'
+    want = 'a"b\\c\ndé😀!'
+    assert json.loads(args)["input"] == want
+    assert "".join(raw_input([args])) == want
+    for cut in range(1, len(args)):  # every split point, escapes and surrogate pairs included
+        assert "".join(raw_input([args[:cut], args[cut:]])) == want, cut
+    assert "".join(raw_input(list(args))) == want
+
+
+def test_raw_input_stops_at_the_closing_quote_and_ignores_other_forms() -> None:
+    assert raw_input(['{"input":"x"', ', "more": "y"}']) == ["x", ""]
+    assert raw_input(['{"in', 'put":"ok"}']) == ["", "ok"]
+    assert raw_input(['{"other": "x"}']) == [""]
+    assert raw_input(["plain text"]) == [""]
