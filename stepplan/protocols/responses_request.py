@@ -29,6 +29,7 @@ import orjson
 
 from ..errors import InvalidRequest, UnsupportedContent
 from . import _check as c
+from . import effort as efforts
 from .canonical import Block, Image, Message, Request, Text, Thinking, Tool, ToolCall, ToolChoice, ToolResult
 
 Opener = Callable[[str], Thinking | None]
@@ -69,22 +70,6 @@ class Shape:
 
     def client_tool(self, exposed: str) -> ClientTool:
         return self.tools.get(exposed) or ClientTool(exposed)
-
-
-# ============================================================================ effort
-def map_effort(word: str | None) -> tuple[str | None, bool | None]:
-    """A Responses ``reasoning.effort`` word → (canonical effort, thinking switch).
-
-    ``none`` turns thinking off; ``minimal`` and ``xhigh`` go to the nearest of low/medium/high;
-    the catalog then checks the level against the model as on the other two protocols."""
-    if word is None:
-        return None, None
-    if word == "none":
-        return None, False
-    if word not in ("minimal", "low", "medium", "high", "xhigh"):
-        raise InvalidRequest(f"reasoning.effort '{word}' is invalid; use none, minimal, low, medium, high or xhigh",
-                             param="reasoning.effort")
-    return {"minimal": "low", "xhigh": "high"}.get(word, word), None
 
 
 # ============================================================================ tool names
@@ -421,7 +406,9 @@ def decode_request(body: Any, opener: Opener, history: Sequence[dict[str, Any]] 
     tool_choice = _decode_tool_choice(b.get("tool_choice"), tools)
     response_format, text_echo = _text_format(b.get("text"))
     reasoning = c.obj(b["reasoning"], "reasoning") if b.get("reasoning") is not None else {}
-    effort, thinking = map_effort(c.opt_str(reasoning, "effort", "reasoning.effort"))
+    # Kept as sent (any word of the one effort ladder, ``none`` included); the pipeline maps it onto
+    # the serving model's levels exactly as for the other two protocols (protocols/effort.py).
+    effort = efforts.parse(reasoning.get("effort"), "reasoning.effort")
     summary = c.opt_str(reasoning, "summary", "reasoning.summary") or c.opt_str(
         reasoning, "generate_summary", "reasoning.generate_summary")
     if summary is not None and summary not in SUMMARY_MODES:
@@ -449,7 +436,6 @@ def decode_request(body: Any, opener: Opener, history: Sequence[dict[str, Any]] 
         response_format=response_format,
         stream=c.opt_bool(b, "stream") or False,
         effort=effort,
-        thinking=thinking,
         user=user,
         session_id=cache_key,
     )
@@ -469,5 +455,4 @@ def decode_request(body: Any, opener: Opener, history: Sequence[dict[str, Any]] 
     return req, shape
 
 
-__all__ = ["ClientTool", "Opener", "Shape", "custom_parameters", "decode_request", "flat_name", "listed_items",
-           "map_effort"]
+__all__ = ["ClientTool", "Opener", "Shape", "custom_parameters", "decode_request", "flat_name", "listed_items"]

@@ -20,7 +20,7 @@ from stepplan.protocols.canonical import (
     ToolResult,
     Usage,
 )
-from stepplan.protocols.responses_request import custom_parameters, decode_request, flat_name, map_effort
+from stepplan.protocols.responses_request import custom_parameters, decode_request, flat_name
 from stepplan.protocols.responses_response import Answer, custom_input, encode_response, usage_to_responses
 from stepplan.reasoning_seal import Sealer
 
@@ -157,17 +157,17 @@ def test_unknown_fields_are_accepted_and_options_are_read() -> None:
                          "include": ["reasoning.encrypted_content"], "metadata": {"k": "v"},
                          "reasoning": {"effort": "minimal", "summary": "auto"}, "truncation": "auto"})
     assert (req.max_tokens, req.temperature, req.top_p, req.parallel_tool_calls) == (100, 0.5, 0.9, False)
-    assert req.session_id == "thread-1" and req.user == "u-1" and req.effort == "low"
+    assert req.session_id == "thread-1" and req.user == "u-1" and req.effort == "minimal"
     assert shape.store is False and shape.include_encrypted and shape.summary and shape.input_items == []
     assert shape.echo["metadata"] == {"k": "v"} and shape.echo["truncation"] == "auto"
     assert shape.echo["reasoning"] == {"effort": "minimal", "summary": "auto"}
 
 
-@pytest.mark.parametrize("word, want", [(None, (None, None)), ("none", (None, False)), ("minimal", ("low", None)),
-                                        ("low", ("low", None)), ("medium", ("medium", None)),
-                                        ("high", ("high", None)), ("xhigh", ("high", None))])
-def test_effort_words_map_to_canonical(word: str | None, want: tuple) -> None:
-    assert map_effort(word) == want
+@pytest.mark.parametrize("word, want", [(None, None), ("none", "none"), ("minimal", "minimal"), ("Medium", "medium"),
+                                        ("xhigh", "xhigh"), ("max", "max")])
+def test_effort_words_are_kept_for_the_pipeline_to_map(word: str | None, want: str | None) -> None:
+    req, _ = decode({"input": "x", "reasoning": {"effort": word}})
+    assert req.effort == want and req.thinking is None
 
 
 @pytest.mark.parametrize("fmt, want", [

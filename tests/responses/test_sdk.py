@@ -209,6 +209,18 @@ def test_tool_results_and_custom_outputs_reach_the_upstream(client: openai.OpenA
 
 
 # ------------------------------------------------------------------ images, JSON schema, options
+@pytest.mark.parametrize("model, word, sent", [("step-3.5-flash-2603", "medium", "high"),
+                                               ("step-3.7-flash", "minimal", "low"),
+                                               ("step-3.7-flash", "none", "low"),
+                                               ("step-3.5-flash", "high", None)])
+def test_effort_maps_to_the_model_levels_as_on_the_other_protocols(client: openai.OpenAI, fake: FakeUpstream,
+                                                                   model: str, word: str, sent: str | None) -> None:
+    raw = client.responses.with_raw_response.create(model=model, input="x", reasoning={"effort": word})  # type: ignore[typeddict-item]
+    assert raw.parse().status == "completed"
+    assert fake.last.body.get("reasoning_effort") == sent
+    assert raw.headers.get("x-stepplan-effort") == sent
+
+
 def test_image_input(up: tuple[str, openai.OpenAI], fake: FakeUpstream) -> None:
     kind, client = up
     client.responses.create(model="step-3.7-flash", input=[{"role": "user", "content": [
@@ -284,8 +296,8 @@ def test_errors_before_the_first_byte_use_the_openai_envelope(gateway: Gateway, 
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
     r = httpx.post(url, headers=auth, content=b"{not json")
     assert r.status_code == 400 and r.json()["error"]["code"] == "request_params_invalid"
-    r = httpx.post(url, headers=auth, json={"model": "step-3.5-flash-2603", "input": "x",
-                                            "reasoning": {"effort": "medium"}})
+    r = httpx.post(url, headers=auth, json={"model": "step-3.5-flash", "input": "x",
+                                            "reasoning": {"effort": "extreme"}})
     assert r.status_code == 400 and r.json()["error"]["param"] == "reasoning.effort"
 
 
