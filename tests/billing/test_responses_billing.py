@@ -58,7 +58,6 @@ def test_responses_charge_equals_chat_completions(bgw: Gateway, admin: Admin, bg
     assert chat_entry["protocol"] == "openai" and resp_entry["protocol"] == "responses"
     for col in ("cost", "charged", "input_tokens", "cache_read_tokens", "output_tokens", "rate_input", "status"):
         assert chat_entry[col] == resp_entry[col], col
-    assert adm.check()["ok"]
 
 
 def test_anthropic_calls_record_their_protocol(bgw: Gateway, admin: Admin, fake: FakeUpstream) -> None:
