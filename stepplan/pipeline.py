@@ -125,6 +125,7 @@ class Call:
     _first: Event | None = None
     _recorded: Awaitable[None] | None = None  # the reasoning record's write, when the call made tool calls
     views: dict[str, Request] | None = None  # router calls: what each engine receives (by engine id)
+    protocol: str = "openai"  # the client protocol, recorded on the ledger entry
 
     def request_for(self, spec: ModelSpec) -> Request:
         """The request as the engine serving ``spec`` receives it."""
@@ -175,7 +176,7 @@ class Call:
         outcome = Outcome(
             served=self.served_model, usage=usage, status=status, route_score=self.route.score,
             first_byte_ms=None if first_byte is None else (first_byte - self.t0) * 1000,
-            total_ms=(now - self.t0) * 1000,
+            total_ms=(now - self.t0) * 1000, protocol=self.protocol,
         )
         self.usage = usage
         self.settlement = self.gateway.meter.settle(self.reservation, outcome)
@@ -348,7 +349,8 @@ class Gateway:
         """Whether an upstream's usage can be billed as reported (its cost fits the ledger)."""
         return self._prices is None or spec.id not in self._prices.base or self._prices.billable(spec.id, usage)
 
-    async def start_call(self, req: Request, key: KeyInfo, trace_id: str, body_size: int) -> Call:
+    async def start_call(self, req: Request, key: KeyInfo, trace_id: str, body_size: int,
+                         protocol: str = "openai") -> Call:
         t0 = time.perf_counter()
         spec = self.catalog.resolve(req.model)
         if spec.kind == "router":
@@ -368,7 +370,7 @@ class Gateway:
             if unknown:  # tool turns answered by another worker, or before a restart
                 await self.reasoning.prefetch(unknown)
         res = await self.meter.reserve(key, served, sent, trace_id, estimate_request(sent, body_size))
-        return Call(self, req, spec, route, key, res, trace_id, t0, views=views)
+        return Call(self, req, spec, route, key, res, trace_id, t0, views=views, protocol=protocol)
 
     async def aclose(self) -> None:
         await self.engines.aclose()

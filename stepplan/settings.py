@@ -56,6 +56,7 @@ class Settings:
     catalog: Catalog = field(default_factory=Catalog.build)
     router: RouterConfig = field(default_factory=RouterConfig)
     billing: dict[str, Any] = field(default_factory=dict)
+    responses: dict[str, Any] = field(default_factory=dict)  # [responses]: retention, previous secrets
     admin_token: str | None = None
     secret: str | None = None
     max_body_bytes: int = 32 * 1024 * 1024
@@ -135,6 +136,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
     r = raw.get("router", {})
     s.router = RouterConfig(**r)
     s.billing = raw.get("billing", {})
+    s.responses = raw.get("responses", {})
     s.admin_token = env.get("STEPPLAN_ADMIN_TOKEN") or server.get("admin_token")
     s.secret = env.get("STEPPLAN_SECRET") or server.get("secret")
     s.max_body_bytes = int(server.get("max_body_bytes", s.max_body_bytes))
