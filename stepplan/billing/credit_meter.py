@@ -38,8 +38,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from ..catalog import ModelSpec
 from ..errors import NoSubscription, Overloaded, QuotaExceeded
 from ..protocols.canonical import Request, Usage
-from ..store import billing as store
-from ..store import ledger
+from ..store import ledger, meta
 from ..store.accounts import KeyInfo
 from ..store.ledger_writer import Conflict, SessionWriter, Transient, writer_for
 from .clock import Clock, iso
@@ -48,6 +47,7 @@ from .meter import Outcome, Reservation
 from .plans import BillingConfig
 from .pricing import PriceBook, Rates, credits_str
 from .state import AccountState, Holds, Pot, Settlement
+from .subscriptions import refresh_account
 
 log = logging.getLogger("stepplan.billing")
 
@@ -105,7 +105,7 @@ class CreditMeter:
         self._loop = asyncio.get_running_loop()
         async with self.sessions() as s:
             await ledger.register_owner(s, self.owner, int(time.time()))
-            self._epoch = await store.read_billing_epoch(s)
+            self._epoch = await meta.read_billing_epoch(s)
             await s.commit()
         await self.sweep()  # leases of processes that died before we started
         self._writer = asyncio.create_task(self._write_loop(), name="credit-writer")
@@ -256,7 +256,7 @@ class CreditMeter:
         return acct
 
     async def _load(self, acct: AccountState, now: int) -> None:
-        sub, pots = await store.refresh_account(self.sessions, self.cfg, acct.account_id, now)
+        sub, pots = await refresh_account(self.sessions, self.cfg, acct.account_id, now)
         plan = None
         if sub is not None:
             try:
@@ -562,7 +562,7 @@ class CreditMeter:
 
     async def _poll_epoch(self) -> None:
         async with self.sessions() as s:
-            epoch = await store.read_billing_epoch(s)
+            epoch = await meta.read_billing_epoch(s)
         if epoch != self._epoch:
             self._epoch = epoch
             for acct in self._accounts.values():

@@ -19,9 +19,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from ..store.models import CREDIT_KINDS
 from .plans import Plan
-
-CREDIT_KINDS = frozenset({"subscription", "topup"})
 
 
 @dataclass(slots=True, eq=False)

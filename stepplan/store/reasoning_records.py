@@ -8,8 +8,8 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .billing import dialect_insert
 from .models import ReasoningRecord
+from .sql import dialect_insert
 
 RECORDS = ReasoningRecord.__table__
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from stepplan.billing import subscriptions as store
 from stepplan.billing.check import check_ledger
 from stepplan.billing.credit_meter import CreditMeter
 from stepplan.billing.meter import Outcome
@@ -21,7 +22,6 @@ from stepplan.billing.plans import BillingConfig
 from stepplan.errors import NoSubscription, QuotaExceeded
 from stepplan.protocols.canonical import Message, Request, Text, Usage
 from stepplan.settings import load_settings
-from stepplan.store import billing as store
 from stepplan.store import ledger
 from stepplan.store.accounts import KeyInfo, create_account
 from stepplan.store.db import make_engine, sessionmaker
