@@ -168,6 +168,25 @@ def test_no_import_cycles_through_billing_or_store() -> None:
     assert not found, "import cycles through stepplan/billing or stepplan/store:\n" + _describe(found)
 
 
+# What billing/ and store/ may import from the rest of stepplan (besides themselves): store/ is the
+# bottom layer (SQL only); billing/ sits on it and on the shared types below the request pipeline.
+MAY_IMPORT = {
+    "stepplan.store": (),
+    "stepplan.billing": ("stepplan.store", "stepplan.catalog", "stepplan.errors", "stepplan.protocols"),
+}
+
+
+def test_billing_and_store_import_only_the_layers_below_them() -> None:
+    wrong = []
+    for mod, targets in sorted(import_graph().items()):
+        for layer, allowed in MAY_IMPORT.items():
+            if mod == layer or mod.startswith(layer + "."):
+                ok = (layer, *allowed)
+                wrong += [f"{mod} → {t}" for t in sorted(targets)
+                          if not any(t == a or t.startswith(a + ".") for a in ok)]
+    assert not wrong, "imports that run up the layers:\n" + "\n".join(wrong)
+
+
 @pytest.mark.xfail(strict=True, reason="known import cycles outside billing/store (engines, routing, pipeline: "
                                        "being restructured for issue 12); the failure message names them")
 def test_no_import_cycles_anywhere() -> None:

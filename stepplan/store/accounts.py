@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from .meta import bump_auth_epoch
 from .meta import read_auth_epoch as read_auth_epoch  # re-exported: auth.py reads the epoch from here
 from .models import Account, ApiKey
+from .sql import rowcount
 
 KEY_PREFIX = "sk-step-"
 
@@ -76,7 +77,7 @@ async def revoke_key(s: AsyncSession, key_id: int) -> bool:
     res = await s.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
                           .values(revoked_at=int(time.time())))
     await bump_auth_epoch(s)
-    return bool(res.rowcount)
+    return bool(rowcount(res))
 
 
 async def lookup_key(s: AsyncSession, key_hash: str) -> KeyInfo | None:

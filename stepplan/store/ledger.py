@@ -26,12 +26,12 @@ from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import CreditLease, CreditPot, MeterOwner, UsageCharge, UsageEntry
-from .sql import dialect, upsert
+from .sql import dialect, rowcount, table, upsert
 
-POTS = CreditPot.__table__
-LEASES = CreditLease.__table__
-ENTRIES = UsageEntry.__table__
-CHARGES = UsageCharge.__table__
+POTS = table(CreditPot)
+LEASES = table(CreditLease)
+ENTRIES = table(UsageEntry)
+CHARGES = table(UsageCharge)
 
 
 LEASE_SHARE = 8  # a lease's slack takes at most this fraction of what is left
@@ -95,7 +95,7 @@ async def heartbeat(s: AsyncSession, owner: str, now: int, inflight: int = 0, id
     dead) by another process."""
     res = await s.execute(update(MeterOwner).where(MeterOwner.owner == owner)
                           .values(heartbeat_at=now, inflight=inflight, idle_since=idle_since))
-    return bool(res.rowcount)
+    return bool(rowcount(res))
 
 
 async def list_owners(s: AsyncSession) -> list[Any]:
@@ -119,7 +119,7 @@ async def reap(s: AsyncSession, owner: str, *, stale_before: int | None) -> int:
     if stale_before is not None:
         q = q.where(MeterOwner.heartbeat_at < stale_before)
     res = await s.execute(q)
-    if not res.rowcount and stale_before is not None:
+    if not rowcount(res) and stale_before is not None:
         exists = (await s.execute(select(MeterOwner.owner).where(MeterOwner.owner == owner))).first()
         if exists:
             return 0  # it heartbeated in the meantime: alive after all
@@ -189,7 +189,7 @@ async def return_lease(s: AsyncSession, owner: str, pot_id: int, amount: int, no
                           .where(CreditLease.owner == owner, CreditLease.pot_id == pot_id,
                                  CreditLease.amount >= amount)
                           .values(amount=CreditLease.amount - amount, updated_at=now))
-    if res.rowcount != 1:
+    if rowcount(res) != 1:
         raise LeaseLost(pot_id)
     await s.execute(delete(CreditLease).where(CreditLease.owner == owner, CreditLease.pot_id == pot_id,
                                               CreditLease.amount == 0))
@@ -306,7 +306,7 @@ async def write_batch(s: AsyncSession, owner: str, entries: Sequence[dict[str, A
         res = await s.execute(update(LEASES)
                               .where(leases.owner == owner, leases.pot_id == pot_id, leases.amount >= amount)
                               .values(amount=leases.amount - amount, updated_at=now))
-        if res.rowcount != 1:
+        if rowcount(res) != 1:
             raise LeaseLost(pot_id)
 
 
@@ -321,7 +321,7 @@ async def charge_direct(s: AsyncSession, pot_id: int, want: int) -> int:
     res = await s.execute(update(CreditPot).where(CreditPot.id == pot_id,
                                                   CreditPot.total - CreditPot.used - CreditPot.leased >= want)
                           .values(used=CreditPot.used + want))
-    if res.rowcount:
+    if rowcount(res):
         return want
     q = select(CreditPot.total, CreditPot.used, CreditPot.leased).where(CreditPot.id == pot_id)
     if dialect(s) == "postgresql":

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .models import Meta
-from .sql import upsert
+from .sql import table, upsert
 
 SECRET_KEY = "signing_secret"
 AUTH_EPOCH = "auth_epoch"
@@ -52,7 +52,7 @@ async def read_auth_epoch(s: AsyncSession) -> str:
 async def bump_billing_epoch(s: AsyncSession) -> None:
     """An account's billing state changed: every process reloads accounts before their next reservation."""
     token = uuid.uuid4().hex
-    await s.execute(upsert(s, Meta.__table__, {"key": BILLING_EPOCH, "value": token}, ["key"], {"value": token}))
+    await s.execute(upsert(s, table(Meta), {"key": BILLING_EPOCH, "value": token}, ["key"], {"value": token}))
 
 
 async def read_billing_epoch(s: AsyncSession) -> str:

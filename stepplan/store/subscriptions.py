@@ -21,17 +21,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .meta import bump_billing_epoch
 from .models import BillingAccount, BillingEvent, CreditPot, Subscription
-from .sql import upsert
+from .sql import rowcount, table, upsert
 
 
 async def lock_account(s: AsyncSession, account_id: int, now: int) -> None:
     """Serialise billing changes of one account (see module docstring)."""
     res = await s.execute(update(BillingAccount).where(BillingAccount.account_id == account_id)
                           .values(version=BillingAccount.version + 1, updated_at=now))
-    if not res.rowcount:
-        await s.execute(upsert(s, BillingAccount.__table__, {"account_id": account_id, "version": 1,
+    if not rowcount(res):
+        await s.execute(upsert(s, table(BillingAccount), {"account_id": account_id, "version": 1,
                                                              "updated_at": now},
-                               ["account_id"], {"version": BillingAccount.__table__.c.version + 1,
+                               ["account_id"], {"version": table(BillingAccount).c.version + 1,
                                                 "updated_at": now}))
     await bump_billing_epoch(s)
 
