@@ -25,13 +25,14 @@ from typing import Any
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import Response
 
+from ..billing import subscriptions
 from ..billing.check import check_ledger
 from ..billing.plans import yuan
 from ..billing.pricing import credits_str
 from ..billing.usage import account_usage
 from ..errors import AuthError, InvalidRequest, NotFound
 from ..store import accounts as acc
-from ..store import billing as store
+from ..store import ledger
 from .common import read_json
 from .responses import JSONResponse
 from .usage import billing_clock, billing_config, parse_time
@@ -93,10 +94,6 @@ async def plans(request: HTTPRequest) -> Response:
 
 async def accounts(request: HTTPRequest) -> Response:
     _guard(request)
-    from sqlalchemy import select
-
-    from ..store.models import Account
-
     async with request.app.state.sessions() as s:
         if request.method == "POST":
             name = _str(await _body(request), "name")
@@ -107,7 +104,7 @@ async def accounts(request: HTTPRequest) -> Response:
                 raise InvalidRequest(str(exc), param="name") from None
             await s.commit()
             return JSONResponse({"id": a.id, "name": a.name, "created_at": a.created_at}, status_code=201)
-        rows = (await s.execute(select(Account).order_by(Account.id))).scalars()
+        rows = await acc.list_accounts(s)
         return JSONResponse({"data": [{"id": a.id, "name": a.name, "created_at": a.created_at} for a in rows]})
 
 
@@ -169,14 +166,14 @@ async def subscription(request: HTTPRequest) -> Response:
                 if auto is not None and not isinstance(auto, bool):
                     raise InvalidRequest("'auto_renew' must be true or false", param="auto_renew")
                 assert plan is not None
-                result = await store.subscribe(s, cfg, a.id, plan, period, now, auto)
+                result = await subscriptions.subscribe(s, cfg, a.id, plan, period, now, auto)
                 await s.commit()
                 return JSONResponse(result.as_dict())
             if request.method == "DELETE":
-                sub = await store.cancel(s, cfg, a.id, now)
+                sub = await subscriptions.cancel(s, cfg, a.id, now)
                 await s.commit()
                 return JSONResponse({"subscription_id": sub.id, "auto_renew": False, "expired_at": sub.term_end})
-        except store.BillingError as exc:
+        except subscriptions.BillingError as exc:
             raise InvalidRequest(str(exc)) from None
         view = await account_usage(s, cfg, a.id, now)
         await s.commit()
@@ -193,8 +190,8 @@ async def topups(request: HTTPRequest) -> Response:
     async with request.app.state.sessions() as s:
         a = await _account(s, request.path_params["name"])
         try:
-            pot = await store.topup(s, cfg, a.id, pack, now)
-        except store.BillingError as exc:
+            pot = await subscriptions.topup(s, cfg, a.id, pack, now)
+        except subscriptions.BillingError as exc:
             raise InvalidRequest(str(exc), param="pack") from None
         await s.commit()
     return JSONResponse({"bucket_id": pot.id, "pack": pack, "credits": credits_str(pot.total),
@@ -223,26 +220,17 @@ async def ledger_check(request: HTTPRequest) -> Response:
 
 async def ledger_entries(request: HTTPRequest) -> Response:
     _guard(request)
-    from sqlalchemy import select
-
-    from ..store.models import UsageCharge, UsageEntry
-
     qp = request.query_params
     raw_limit = qp.get("limit", "100")
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 10_000:
         raise InvalidRequest("'limit' must be a number from 1 to 10000", param="limit")
     async with request.app.state.sessions() as s:
-        q = select(UsageEntry).order_by(UsageEntry.id.desc()).limit(int(raw_limit))
-        if qp.get("account"):
-            q = q.where(UsageEntry.account_id == (await _account(s, qp["account"])).id)
-        entries = list((await s.execute(q)).scalars())
-        ids = [e.request_id for e in entries]
-        charges: dict[str, list[dict[str, Any]]] = {}
-        if ids:
-            rows = await s.execute(select(UsageCharge).where(UsageCharge.request_id.in_(ids)).order_by(UsageCharge.id))
-            for c in rows.scalars():
-                charges.setdefault(c.request_id, []).append({"bucket_id": c.pot_id, "micro": str(c.amount)})
-    cols = [c.name for c in UsageEntry.__table__.columns]
+        account_id = (await _account(s, qp["account"])).id if qp.get("account") else None
+        entries, rows = await ledger.recent_entries(s, int(raw_limit), account_id)
+    charges: dict[str, list[dict[str, Any]]] = {}
+    for ch in rows:
+        charges.setdefault(ch.request_id, []).append({"bucket_id": ch.pot_id, "micro": str(ch.amount)})
+    cols = [c.name for c in ledger.ENTRIES.columns]
     data = []
     for e in entries:
         row = {c: getattr(e, c) for c in cols}

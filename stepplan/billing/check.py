@@ -1,6 +1,7 @@
 """``stepplan ledger check``: prove that every balance is explained by the ledger.
 
-Checked, all with aggregate SQL (no table is loaded into memory):
+Checked, all with aggregate SQL (no table is loaded into memory; the queries are in
+:mod:`stepplan.store.audit`):
 
 1. every pot's ``used`` equals the sum of the charges against it (each entry's inline
    ``pot_amount`` plus its ``usage_charges`` rows), and its
@@ -25,12 +26,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..store import ledger
-from ..store.models import BillingEvent, CreditLease, CreditPot, MeterOwner, UsageCharge, UsageEntry
-from .state import CREDIT_KINDS
+from ..store import audit, ledger
+from ..store.models import CREDIT_KINDS
 
 MAX_LISTED = 50
 
@@ -61,26 +60,10 @@ async def check_ledger(s: AsyncSession, owner_ttl: float = 30.0, idle_seconds: f
 
 
 async def _pots(s: AsyncSession, r: Report) -> None:
-    inline = select(UsageEntry.pot_id.label("pot_id"), UsageEntry.pot_amount.label("amount")).where(
-        UsageEntry.pot_id.is_not(None))
-    spills = select(UsageCharge.pot_id.label("pot_id"), UsageCharge.amount.label("amount"))
-    both = union_all(inline, spills).subquery()
-    charged = (select(both.c.pot_id.label("pot_id"), func.sum(both.c.amount).label("n"))
-               .group_by(both.c.pot_id).subquery())
-    leased = (select(CreditLease.pot_id.label("pot_id"), func.sum(CreditLease.amount).label("n"))
-              .group_by(CreditLease.pot_id).subquery())
-    issued = (select(BillingEvent.pot_id.label("pot_id"), func.sum(BillingEvent.credits).label("n"),
-                     func.count().label("k"))
-              .where(BillingEvent.kind == "issue").group_by(BillingEvent.pot_id).subquery())
-    p = CreditPot
-    q = (select(p.id, p.account_id, p.kind, p.total, p.used, p.leased, func.coalesce(charged.c.n, 0),
-                func.coalesce(leased.c.n, 0), func.coalesce(issued.c.n, 0), func.coalesce(issued.c.k, 0))
-         .outerjoin(charged, charged.c.pot_id == p.id).outerjoin(leased, leased.c.pot_id == p.id)
-         .outerjoin(issued, issued.c.pot_id == p.id))
     n = 0
     totals = {"issued": 0, "used": 0, "leased": 0}
     for pid, acct, kind, total, used, leased_n, sum_charged, sum_leased, sum_issued, n_issue in (
-            await s.execute(q)).all():
+            await audit.pot_balances(s)):
         n += 1
         if kind in CREDIT_KINDS:
             totals["issued"] += total
@@ -99,47 +82,22 @@ async def _pots(s: AsyncSession, r: Report) -> None:
 
 
 async def _entries(s: AsyncSession, r: Report) -> None:
-    e = UsageEntry
-    credit = (select(UsageCharge.request_id.label("rid"), func.sum(UsageCharge.amount).label("n"))
-              .join(CreditPot, CreditPot.id == UsageCharge.pot_id)
-              .where(CreditPot.kind.in_(sorted(CREDIT_KINDS))).group_by(UsageCharge.request_id).subquery())
-    window = (select(UsageCharge.request_id.label("rid"), func.max(UsageCharge.amount).label("n"))
-              .join(CreditPot, CreditPot.id == UsageCharge.pot_id)
-              .where(CreditPot.kind.not_in(sorted(CREDIT_KINDS))).group_by(UsageCharge.request_id).subquery())
-    recomputed = (e.input_tokens * e.rate_input + e.cache_read_tokens * e.rate_cache
-                  + e.cache_write_tokens * e.rate_input + e.output_tokens * e.rate_output)
-    credit_total = e.pot_amount + func.coalesce(credit.c.n, 0)
-    q = (select(e.request_id, e.cost, recomputed, e.charged, e.uncollected, credit_total,
-                func.coalesce(window.c.n, 0))
-         .outerjoin(credit, credit.c.rid == e.request_id).outerjoin(window, window.c.rid == e.request_id)
-         .where((e.cost != recomputed) | (e.charged + e.uncollected != e.cost) | (e.charged < 0)
-                | (e.uncollected < 0) | (credit_total != e.charged) | (e.pot_amount < 0)
-                | ((e.pot_id.is_(None)) & (e.pot_amount != 0))
-                | (func.coalesce(window.c.n, 0) > e.charged))
-         .limit(MAX_LISTED))
-    for rid, cost, recomp, charged, uncollected, credit_n, window_n in (await s.execute(q)).all():
+    for rid, cost, recomp, charged, uncollected, credit_n, window_n in await audit.inconsistent_entries(
+            s, MAX_LISTED):
         r.add(f"entry {rid}: cost {cost} (tokens × rates = {recomp}), charged {charged}, uncollected "
               f"{uncollected}, credit charges {credit_n}, window charge {window_n}")
-    stray = (select(UsageCharge.request_id).where(UsageCharge.request_id.not_in(select(e.request_id)))
-             .limit(MAX_LISTED))
-    for (rid,) in (await s.execute(stray)).all():
+    for rid in await audit.stray_charges(s, MAX_LISTED):
         r.add(f"charge for request {rid} has no ledger entry")
-    agg = (await s.execute(select(func.count(), func.coalesce(func.sum(e.charged), 0),
-                                  func.coalesce(func.sum(e.uncollected), 0)))).one()
-    r.stats.update({"entries": int(agg[0]), "charged_micro": int(agg[1]), "uncollected_micro": int(agg[2])})
+    entries, charged_micro, uncollected_micro = await audit.entry_totals(s)
+    r.stats.update({"entries": entries, "charged_micro": charged_micro, "uncollected_micro": uncollected_micro})
 
 
 async def _leases(s: AsyncSession, r: Report, owner_ttl: float, idle_seconds: float) -> None:
-    owners = {o.owner: o for o in (await s.execute(select(MeterOwner))).scalars()}
+    owners = {o.owner: o for o in await ledger.list_owners(s)}
     wall, host = int(time.time()), ledger.host_id()
-    q = select(CreditLease.owner, func.count(), func.sum(CreditLease.amount)).group_by(CreditLease.owner)
-    # per owner: leases unchanged since before its last heartbeat (that heartbeat's idle report covers them)
-    stale = dict((await s.execute(
-        select(CreditLease.owner, func.sum(CreditLease.amount)).join(MeterOwner, MeterOwner.owner == CreditLease.owner)
-        .where(CreditLease.updated_at < MeterOwner.heartbeat_at, CreditLease.amount > 0)
-        .group_by(CreditLease.owner))).all())
+    stale = await audit.leases_older_than_heartbeat(s)  # that heartbeat's idle report covers them
     live = 0
-    for owner, n, amount in (await s.execute(q)).all():
+    for owner, n, amount in await audit.leases_by_owner(s):
         o = owners.get(owner)
         if o is None:
             r.add(f"{n} lease(s) for {amount} micro-credits held by unknown process {owner[:12]} (leaked)")

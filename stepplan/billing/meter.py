@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from ..catalog import ModelSpec
 from ..protocols.canonical import Request, Usage
 from ..store.accounts import KeyInfo
+from .state import Hold
 
 
 @dataclass(slots=True)
@@ -26,7 +27,7 @@ class Reservation:
     requested_model: str
     amount: int = 0  # micro-credits held
     started: float = 0.0
-    data: dict[str, object] = field(default_factory=dict)  # meter-specific state
+    hold: Hold | None = None  # the credit meter's state of the call (None when metering is off)
     settled: bool = False
 
 

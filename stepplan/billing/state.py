@@ -19,9 +19,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from ..catalog import ModelSpec
+from ..store.models import CREDIT_KINDS
 from .plans import Plan
-
-CREDIT_KINDS = frozenset({"subscription", "topup"})
 
 
 @dataclass(slots=True, eq=False)
@@ -215,3 +215,14 @@ class AccountState:
     def remaining(self, now: int) -> int:
         """Credit left as this process knows it: residual of live pots minus calls in flight here."""
         return max(0, sum(p.total - p.used - p.held for p in self.credit if p.live(now)))
+
+
+@dataclass(slots=True, eq=False)
+class Hold:
+    """What the credit meter keeps for one reservation (``Reservation.hold``) until it settles."""
+
+    acct: AccountState
+    holds: Holds
+    started_at: int  # billing time of the reservation: the prices that apply, the entry's ``started_at``
+    spec: ModelSpec  # the model reserved for: an abandoned reservation is settled against it
+    fut: asyncio.Future[None] | None = None  # set by settle: done when the ledger entry is durable

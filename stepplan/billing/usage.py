@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..store import billing as store
-from ..store.models import CreditPot, Subscription, UsageEntry
+from ..store import ledger
+from ..store import subscriptions as store
+from ..store.models import CreditPot, Subscription
+from . import subscriptions
 from .clock import iso
 from .plans import BillingConfig, yuan
 from .pricing import MICRO, credits_str
@@ -50,9 +51,9 @@ async def account_usage(s: AsyncSession, cfg: BillingConfig, account_id: int, no
     """Plan, buckets, left rates, windows and per-model usage records of one account."""
     sub = await store.current_subscription(s, account_id)
     pots = await store.live_pots(s, account_id, now)
-    if store.needs_refresh(sub, pots, cfg, now):  # a new cycle or window is due: issue it first
+    if subscriptions.needs_refresh(sub, pots, cfg, now):  # a new cycle or window is due: issue it first
         await store.lock_account(s, account_id, now)
-        sub = await store.ensure_current(s, cfg, account_id, now)
+        sub = await subscriptions.ensure_current(s, cfg, account_id, now)
         await s.flush()
         pots = await store.live_pots(s, account_id, now)
     if sub is not None and not (sub.term_start <= now < sub.term_end):
@@ -103,17 +104,10 @@ async def account_usage(s: AsyncSession, cfg: BillingConfig, account_id: int, no
 async def usage_records(s: AsyncSession, account_id: int, since: int, until: int, model: str | None
                         ) -> dict[str, Any]:
     """Calls and credit per (requested, served) model in ``[since, until)``."""
-    e = UsageEntry
-    q = (select(e.requested_model, e.served_model, func.count(), func.sum(e.charged), func.sum(e.uncollected),
-                func.sum(e.input_tokens), func.sum(e.cache_read_tokens), func.sum(e.cache_write_tokens),
-                func.sum(e.output_tokens), func.sum(e.reasoning_tokens))
-         .where(e.account_id == account_id, e.created_at >= since, e.created_at < until)
-         .group_by(e.requested_model, e.served_model).order_by(e.requested_model, e.served_model))
-    if model:
-        q = q.where((e.requested_model == model) | (e.served_model == model))
     records = []
     total = 0
-    for req_m, served, calls, charged, uncollected, inp, cr, cw, outp, reas in (await s.execute(q)).all():
+    for req_m, served, calls, charged, uncollected, inp, cr, cw, outp, reas in await ledger.usage_by_model(
+            s, account_id, since, until, model):
         charged = int(charged or 0)
         total += charged
         records.append({

@@ -98,8 +98,8 @@ def plans_list(ctx: click.Context, as_json: bool) -> None:
 def subscribe(ctx: click.Context, account: str, plan_id: str, period: str | None, auto_renew: bool | None,
               as_json: bool) -> None:
     """Subscribe ACCOUNT to a plan, upgrade it now, or downgrade it at the next cycle."""
-    from ..store.billing import BillingError
-    from ..store.billing import subscribe as do_subscribe
+    from ..billing.subscriptions import BillingError
+    from ..billing.subscriptions import subscribe as do_subscribe
 
     cfg, now = _cfg(ctx), _now()
 
@@ -124,8 +124,8 @@ def topup(ctx: click.Context, account: str, pack_id: str, as_json: bool) -> None
     from ..billing.clock import iso
     from ..billing.plans import yuan
     from ..billing.pricing import credits_str
-    from ..store.billing import BillingError
-    from ..store.billing import topup as do_topup
+    from ..billing.subscriptions import BillingError
+    from ..billing.subscriptions import topup as do_topup
 
     cfg, now = _cfg(ctx), _now()
 

@@ -11,10 +11,12 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .models import Account, ApiKey, Meta
+from .meta import bump_auth_epoch
+from .meta import read_auth_epoch as read_auth_epoch  # re-exported: auth.py reads the epoch from here
+from .models import Account, ApiKey
+from .sql import rowcount
 
 KEY_PREFIX = "sk-step-"
-AUTH_EPOCH = "auth_epoch"
 
 
 def hash_key(key: str) -> str:
@@ -36,19 +38,6 @@ class AccountExists(Exception):
     pass
 
 
-async def bump_auth_epoch(s: AsyncSession) -> None:
-    row = await s.get(Meta, AUTH_EPOCH)
-    if row is None:
-        s.add(Meta(key=AUTH_EPOCH, value="1"))
-    else:
-        row.value = str(int(row.value) + 1)
-
-
-async def read_auth_epoch(s: AsyncSession) -> str:
-    row = await s.get(Meta, AUTH_EPOCH)
-    return row.value if row else "0"
-
-
 async def create_account(s: AsyncSession, name: str) -> Account:
     acct = Account(name=name, created_at=int(time.time()))
     s.add(acct)
@@ -61,6 +50,10 @@ async def create_account(s: AsyncSession, name: str) -> Account:
 
 async def get_account(s: AsyncSession, name: str) -> Account | None:
     return (await s.execute(select(Account).where(Account.name == name))).scalar_one_or_none()
+
+
+async def list_accounts(s: AsyncSession) -> list[Account]:
+    return list((await s.execute(select(Account).order_by(Account.id))).scalars())
 
 
 async def create_key(s: AsyncSession, account: Account, label: str | None = None) -> tuple[ApiKey, str]:
@@ -84,7 +77,7 @@ async def revoke_key(s: AsyncSession, key_id: int) -> bool:
     res = await s.execute(update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
                           .values(revoked_at=int(time.time())))
     await bump_auth_epoch(s)
-    return bool(res.rowcount)
+    return bool(rowcount(res))
 
 
 async def lookup_key(s: AsyncSession, key_hash: str) -> KeyInfo | None:

@@ -17,21 +17,22 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .billing import upsert
 from .models import CreditLease, CreditPot, MeterOwner, UsageCharge, UsageEntry
+from .sql import dialect, rowcount, table, upsert
 
-POTS = CreditPot.__table__
-LEASES = CreditLease.__table__
-ENTRIES = UsageEntry.__table__
-CHARGES = UsageCharge.__table__
+POTS = table(CreditPot)
+LEASES = table(CreditLease)
+ENTRIES = table(UsageEntry)
+CHARGES = table(UsageCharge)
 
 
 LEASE_SHARE = 8  # a lease's slack takes at most this fraction of what is left
@@ -95,7 +96,7 @@ async def heartbeat(s: AsyncSession, owner: str, now: int, inflight: int = 0, id
     dead) by another process."""
     res = await s.execute(update(MeterOwner).where(MeterOwner.owner == owner)
                           .values(heartbeat_at=now, inflight=inflight, idle_since=idle_since))
-    return bool(res.rowcount)
+    return bool(rowcount(res))
 
 
 async def list_owners(s: AsyncSession) -> list[Any]:
@@ -119,14 +120,14 @@ async def reap(s: AsyncSession, owner: str, *, stale_before: int | None) -> int:
     if stale_before is not None:
         q = q.where(MeterOwner.heartbeat_at < stale_before)
     res = await s.execute(q)
-    if not res.rowcount and stale_before is not None:
+    if not rowcount(res) and stale_before is not None:
         exists = (await s.execute(select(MeterOwner.owner).where(MeterOwner.owner == owner))).first()
         if exists:
             return 0  # it heartbeated in the meantime: alive after all
     pot_ids = sorted((await s.execute(select(CreditLease.pot_id).where(CreditLease.owner == owner))).scalars())
     if not pot_ids:
         return 0
-    if s.get_bind().dialect.name == "postgresql":
+    if dialect(s) == "postgresql":
         await s.execute(select(CreditPot.id).where(CreditPot.id.in_(pot_ids)).order_by(CreditPot.id)
                         .with_for_update())
     rows = (await s.execute(delete(CreditLease).where(CreditLease.owner == owner)
@@ -163,7 +164,7 @@ async def lease(s: AsyncSession, owner: str, pot_id: int, need: int, slack: int,
     another process and no retry loop is needed.
     """
     pots = POTS.c
-    if s.get_bind().dialect.name == "postgresql":
+    if dialect(s) == "postgresql":
         q = select(pots.total, pots.used, pots.leased, pots.expires_at).where(pots.id == pot_id).with_for_update()
     else:
         await s.execute(update(POTS).where(pots.id == pot_id).values(leased=pots.leased))
@@ -177,8 +178,9 @@ async def lease(s: AsyncSession, owner: str, pot_id: int, need: int, slack: int,
     got = min(need, cur.free)
     grant = got + min(max(0, slack), (cur.free - got) // LEASE_SHARE)
     await s.execute(update(POTS).where(pots.id == pot_id).values(leased=pots.leased + grant))
-    await s.execute(upsert(s, LEASES, {"owner": owner, "pot_id": pot_id, "amount": grant, "updated_at": now},
-                           ["owner", "pot_id"], {"amount": LEASES.c.amount + grant, "updated_at": now}))
+    wall = int(time.time())  # lease rows are bookkeeping: wall clock, like the owners' heartbeats
+    await s.execute(upsert(s, LEASES, {"owner": owner, "pot_id": pot_id, "amount": grant, "updated_at": wall},
+                           ["owner", "pot_id"], {"amount": LEASES.c.amount + grant, "updated_at": wall}))
     return grant, PotRow(cur.total, cur.used, cur.leased + grant, cur.expires_at)
 
 
@@ -188,8 +190,8 @@ async def return_lease(s: AsyncSession, owner: str, pot_id: int, amount: int, no
     res = await s.execute(update(CreditLease)
                           .where(CreditLease.owner == owner, CreditLease.pot_id == pot_id,
                                  CreditLease.amount >= amount)
-                          .values(amount=CreditLease.amount - amount, updated_at=now))
-    if res.rowcount != 1:
+                          .values(amount=CreditLease.amount - amount, updated_at=int(time.time())))
+    if rowcount(res) != 1:
         raise LeaseLost(pot_id)
     await s.execute(delete(CreditLease).where(CreditLease.owner == owner, CreditLease.pot_id == pot_id,
                                               CreditLease.amount == 0))
@@ -287,7 +289,7 @@ async def write_batch(s: AsyncSession, owner: str, entries: Sequence[dict[str, A
     if extras:  # lock the pots first, in id order (the lock order above), then read what is free
         ids = sorted({*extra_pots(extras), *converted})
         q = select(pots.id, pots.total - pots.used - pots.leased).where(pots.id.in_(ids)).order_by(pots.id)
-        if s.get_bind().dialect.name == "postgresql":
+        if dialect(s) == "postgresql":
             q = q.with_for_update(key_share=True)
         else:
             await s.execute(update(POTS).where(pots.id == ids[0]).values(leased=pots.leased))
@@ -306,7 +308,7 @@ async def write_batch(s: AsyncSession, owner: str, entries: Sequence[dict[str, A
         res = await s.execute(update(LEASES)
                               .where(leases.owner == owner, leases.pot_id == pot_id, leases.amount >= amount)
                               .values(amount=leases.amount - amount, updated_at=now))
-        if res.rowcount != 1:
+        if rowcount(res) != 1:
             raise LeaseLost(pot_id)
 
 
@@ -321,10 +323,10 @@ async def charge_direct(s: AsyncSession, pot_id: int, want: int) -> int:
     res = await s.execute(update(CreditPot).where(CreditPot.id == pot_id,
                                                   CreditPot.total - CreditPot.used - CreditPot.leased >= want)
                           .values(used=CreditPot.used + want))
-    if res.rowcount:
+    if rowcount(res):
         return want
     q = select(CreditPot.total, CreditPot.used, CreditPot.leased).where(CreditPot.id == pot_id)
-    if s.get_bind().dialect.name == "postgresql":
+    if dialect(s) == "postgresql":
         q = q.with_for_update()
     row = (await s.execute(q)).first()
     if row is None:
@@ -359,3 +361,34 @@ async def pots_of(s: AsyncSession, pot_ids: Iterable[int]) -> dict[int, PotRow]:
         CreditPot.id.in_(ids))
     return {r[0]: PotRow(*r[1:]) for r in (await s.execute(q)).all()}
 
+
+
+# ------------------------------------------------------------------------------------------------ reads
+async def usage_by_model(s: AsyncSession, account_id: int, since: int, until: int, model: str | None
+                         ) -> list[Any]:
+    """Per (requested, served) model in ``[since, until)``, by model: (requested, served, calls, charged,
+    uncollected, input, cache read, cache write, output, reasoning tokens); ``model`` matches either."""
+    e = UsageEntry
+    q = (select(e.requested_model, e.served_model, func.count(), func.sum(e.charged), func.sum(e.uncollected),
+                func.sum(e.input_tokens), func.sum(e.cache_read_tokens), func.sum(e.cache_write_tokens),
+                func.sum(e.output_tokens), func.sum(e.reasoning_tokens))
+         .where(e.account_id == account_id, e.created_at >= since, e.created_at < until)
+         .group_by(e.requested_model, e.served_model).order_by(e.requested_model, e.served_model))
+    if model:
+        q = q.where((e.requested_model == model) | (e.served_model == model))
+    return list((await s.execute(q)).all())
+
+
+async def recent_entries(s: AsyncSession, limit: int, account_id: int | None = None
+                         ) -> tuple[list[UsageEntry], list[UsageCharge]]:
+    """The newest ``limit`` ledger entries (of one account, if given), newest first, and their
+    ``usage_charges`` rows in id order."""
+    q = select(UsageEntry).order_by(UsageEntry.id.desc()).limit(limit)
+    if account_id is not None:
+        q = q.where(UsageEntry.account_id == account_id)
+    entries = list((await s.execute(q)).scalars())
+    ids = [e.request_id for e in entries]
+    if not ids:
+        return entries, []
+    rows = await s.execute(select(UsageCharge).where(UsageCharge.request_id.in_(ids)).order_by(UsageCharge.id))
+    return entries, list(rows.scalars())

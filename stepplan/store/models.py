@@ -77,6 +77,9 @@ class Subscription(Base):
     ended_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
+CREDIT_KINDS = frozenset({"subscription", "topup"})  # pot kinds that hold credit; the others are window limits
+
+
 class CreditPot(Base):
     """A bounded amount of credit: a monthly pool, a top-up pack, or a window limit.
 

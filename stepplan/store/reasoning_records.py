@@ -8,10 +8,10 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .billing import dialect_insert
 from .models import ReasoningRecord
+from .sql import dialect_insert, rowcount, table
 
-RECORDS = ReasoningRecord.__table__
+RECORDS = table(ReasoningRecord)
 
 
 async def save(s: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
@@ -33,4 +33,4 @@ async def load(s: AsyncSession, call_ids: Sequence[str], now: int) -> dict[str, 
 async def purge(s: AsyncSession, now: int) -> int:
     """Delete expired records; returns how many. Caller commits."""
     res = await s.execute(delete(RECORDS).where(RECORDS.c.expires_at <= now))
-    return int(res.rowcount or 0)
+    return int(rowcount(res) or 0)

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
+from stepplan.billing import subscriptions as store
 from stepplan.billing.check import check_ledger
 from stepplan.billing.credit_meter import CreditMeter
 from stepplan.billing.meter import Outcome
@@ -21,7 +22,6 @@ from stepplan.billing.plans import BillingConfig
 from stepplan.errors import NoSubscription, QuotaExceeded
 from stepplan.protocols.canonical import Message, Request, Text, Usage
 from stepplan.settings import load_settings
-from stepplan.store import billing as store
 from stepplan.store import ledger
 from stepplan.store.accounts import KeyInfo, create_account
 from stepplan.store.db import make_engine, sessionmaker
@@ -167,14 +167,15 @@ async def test_a_reservation_nobody_settles_is_settled_as_abandoned(tmp_path: Pa
     await meter.start()
     try:
         res = await meter.reserve(env.key, env.settings.catalog.get(MODEL), req(), "lost-1", 10)
-        meter._abandon(time.monotonic() + 1)
+        meter.maintenance.abandon(time.monotonic() + 1)
         assert res.settled
-        await res.data["fut"]  # type: ignore[misc]
+        assert res.hold is not None and res.hold.fut is not None
+        await res.hold.fut
         async with env.sessions() as s:
             [entry] = list((await s.execute(select(UsageEntry))).scalars())
         assert entry.status == "abandoned" and entry.charged == 0
-        acct = res.data["acct"]
-        assert all(p.held == 0 for p in acct.pots.values())  # type: ignore[attr-defined]
+        acct = res.hold.acct
+        assert all(p.held == 0 for p in acct.pots.values())
     finally:
         await meter.stop()
         await env.engine.dispose()
@@ -226,16 +227,16 @@ async def test_a_lease_just_taken_is_not_returned_as_idle_before_it_is_held(tmp_
     await meter.start()
     try:
         now = meter.clock.now()
-        acct = await meter._account(env.key.account_id, now)
+        acct = await meter.leasing.account(env.key.account_id, now)
         pack = acct.credit[0]
         assert pack.kind == "topup" and len(acct.credit) == 2
         amount = 20_000 * 10**6  # more than the pack's 3,000 credits: the rest comes from the pool
         async with acct.lock:
-            await meter._lease(acct, amount, now)
+            await meter.leasing.lease(acct, amount, now)
             assert pack.leased == 3000 * 10**6
-            await meter._return_idle(time.monotonic())  # a maintenance tick while the reservation is leasing
+            await meter.maintenance.return_idle(time.monotonic())  # a maintenance tick while the reservation is leasing
         assert pack.leased == 3000 * 10**6
-        await meter._return_idle(time.monotonic())  # and right after: a lease just taken is not idle
+        await meter.maintenance.return_idle(time.monotonic())  # and right after: a lease just taken is not idle
         assert pack.leased == 3000 * 10**6
         holds = acct.take(amount, now, time.monotonic())
         assert holds is not None and holds.credit[0] == (pack, 3000 * 10**6)

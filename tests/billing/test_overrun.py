@@ -17,6 +17,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
+from stepplan.billing import subscriptions as store
 from stepplan.billing.check import check_ledger
 from stepplan.billing.credit_meter import CreditMeter
 from stepplan.billing.meter import Outcome
@@ -24,7 +25,6 @@ from stepplan.billing.plans import BillingConfig
 from stepplan.errors import QuotaExceeded
 from stepplan.protocols.canonical import Message, Request, Text, Usage
 from stepplan.settings import load_settings
-from stepplan.store import billing as store
 from stepplan.store.accounts import KeyInfo, create_account
 from stepplan.store.db import make_engine, sessionmaker
 from stepplan.store.migrate import migrate

@@ -1,11 +1,9 @@
 """Subscriptions and credit pots: subscribe, upgrade, downgrade, renew, top up, issue cycles.
 
-Every change to one account's billing state runs in one transaction that starts by
-locking the account's ``billing_accounts`` row (:func:`lock_account`). On SQLite that first
-write takes the database write lock; on PostgreSQL it locks the row. Either way two
-changes to one account never interleave, and the transaction reads a stable state.
-Each change also bumps the shared ``billing_epoch`` so that every gateway process
-reloads the account before its next reservation.
+Every change runs in one transaction that starts by locking the account
+(:func:`stepplan.store.subscriptions.lock_account`), so two changes to one account never
+interleave and every gateway process reloads the account before its next reservation.
+The statements are in :mod:`stepplan.store.subscriptions`; this module decides what they do.
 
 Cycles. A term of ``months`` months starts at ``term_start``; monthly cycle ``k`` runs from
 ``add_months(term_start, k)`` to ``add_months(term_start, k + 1)``. The cycle's pool is a
@@ -15,126 +13,56 @@ that needs it) and expiring at the cycle's end: what is left is cleared, never c
 
 from __future__ import annotations
 
-import json
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from ..billing.clock import FIVE_HOURS, WEEK, add_months, cycle_index, iso
-from ..billing.plans import PERIODS, BillingConfig, Plan, yuan
-from .models import BillingAccount, BillingEvent, CreditPot, Meta, Subscription
+from ..store import subscriptions as db
+from ..store.models import CreditPot, Subscription
+from .clock import FIVE_HOURS, WEEK, add_months, cycle_index, iso
+from .plans import PERIODS, BillingConfig, Plan, yuan
 
-BILLING_EPOCH = "billing_epoch"
 WINDOW_KINDS = {"window_5h": FIVE_HOURS, "window_week": WEEK}
-CREDIT_KINDS = ("subscription", "topup")
 
 
 class BillingError(Exception):
     """A billing action that cannot be done; the message says why and what to do."""
 
 
-def _dialect(s: AsyncSession) -> str:
-    return s.get_bind().dialect.name
-
-
-def dialect_insert(s: AsyncSession, table: Any) -> Any:
-    """An INSERT for this session's database that supports ``on_conflict_do_update``."""
-    if _dialect(s) == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert(table)
-
-
-def upsert(s: AsyncSession, table: Any, values: dict[str, Any], keys: list[str], set_: dict[str, Any]) -> Any:
-    return dialect_insert(s, table).values(**values).on_conflict_do_update(index_elements=keys, set_=set_)
-
-
-async def bump_billing_epoch(s: AsyncSession) -> None:
-    token = uuid.uuid4().hex
-    await s.execute(upsert(s, Meta.__table__, {"key": BILLING_EPOCH, "value": token}, ["key"], {"value": token}))
-
-
-async def read_billing_epoch(s: AsyncSession) -> str:
-    row = (await s.execute(select(Meta.value).where(Meta.key == BILLING_EPOCH))).scalar_one_or_none()
-    return row or ""
-
-
-async def lock_account(s: AsyncSession, account_id: int, now: int) -> None:
-    """Serialise billing changes of one account (see module docstring)."""
-    res = await s.execute(update(BillingAccount).where(BillingAccount.account_id == account_id)
-                          .values(version=BillingAccount.version + 1, updated_at=now))
-    if not res.rowcount:
-        await s.execute(upsert(s, BillingAccount.__table__, {"account_id": account_id, "version": 1,
-                                                             "updated_at": now},
-                               ["account_id"], {"version": BillingAccount.__table__.c.version + 1,
-                                                "updated_at": now}))
-    await bump_billing_epoch(s)
-
-
-def _event(s: AsyncSession, account_id: int, kind: str, now: int, *, sub: Subscription | None = None,
-           pot: CreditPot | None = None, plan: str | None = None, amount_fen: int = 0, credits: int = 0,
-           **detail: Any) -> None:
-    s.add(BillingEvent(account_id=account_id, kind=kind, subscription_id=sub.id if sub else None,
-                       pot_id=pot.id if pot else None, plan=plan or (sub.plan if sub else None),
-                       amount_fen=amount_fen, credits=credits, detail=json.dumps(detail, sort_keys=True),
-                       created_at=now))
-
-
-async def current_subscription(s: AsyncSession, account_id: int) -> Subscription | None:
-    """The account's subscription in status ``active`` (its term may have run out: see ensure_current)."""
-    q = (select(Subscription).where(Subscription.account_id == account_id, Subscription.status == "active")
-         .order_by(Subscription.id.desc()).limit(1))
-    return (await s.execute(q)).scalar_one_or_none()
-
-
 async def _issue(s: AsyncSession, sub: Subscription, kind: str, cycle: int, total: int, starts: int, expires: int,
                  now: int) -> CreditPot:
-    pot = CreditPot(account_id=sub.account_id, kind=kind, subscription_id=sub.id, cycle=cycle, source=sub.plan,
-                    total=total, used=0, leased=0, starts_at=starts, expires_at=expires, created_at=now)
-    s.add(pot)
-    await s.flush()
-    _event(s, sub.account_id, "issue", now, sub=sub, pot=pot, credits=total, pot_kind=kind, cycle=cycle,
-           expires_at=expires)
+    pot = await db.add_pot(s, sub.account_id, kind, sub.id, cycle, sub.plan, total, starts, expires, now)
+    db.add_event(s, sub.account_id, "issue", now, sub=sub, pot=pot, credits=total, pot_kind=kind, cycle=cycle,
+                 expires_at=expires)
     return pot
-
-
-async def _pot(s: AsyncSession, sub_id: int, kind: str, cycle: int) -> CreditPot | None:
-    q = select(CreditPot).where(CreditPot.subscription_id == sub_id, CreditPot.kind == kind, CreditPot.cycle == cycle)
-    return (await s.execute(q)).scalar_one_or_none()
 
 
 async def ensure_current(s: AsyncSession, cfg: BillingConfig, account_id: int, now: int) -> Subscription | None:
     """Bring an account up to ``now``: end or renew finished terms, apply a scheduled
     downgrade at a new cycle, issue the current cycle's pool and window pots.
     Call with the account locked. Returns the active subscription, if any."""
-    sub = await current_subscription(s, account_id)
+    sub = await db.current_subscription(s, account_id)
     for _ in range(1000):  # at most one renewal per term; bounded anyway
         if sub is None or now < sub.term_end:
             break
         sub.status, sub.ended_at = "ended", sub.term_end
-        _event(s, account_id, "term_end", now, sub=sub, term_end=sub.term_end)
+        db.add_event(s, account_id, "term_end", now, sub=sub, term_end=sub.term_end)
         if not sub.auto_renew:
             sub = None
             break
         plan = cfg.plan(sub.pending_plan or sub.plan)
-        new = Subscription(account_id=account_id, plan=plan.id, period=sub.period, price_fen=plan.price(sub.period),
-                           term_start=sub.term_end, term_end=add_months(sub.term_end, PERIODS[sub.period]),
-                           status="active", auto_renew=True, created_at=now)
-        s.add(new)
-        await s.flush()
-        _event(s, account_id, "renew", now, sub=new, amount_fen=new.price_fen, period=new.period)
+        new = await db.add_subscription(s, account_id, plan.id, sub.period, plan.price(sub.period), sub.term_end,
+                                        add_months(sub.term_end, PERIODS[sub.period]), True, now)
+        db.add_event(s, account_id, "renew", now, sub=new, amount_fen=new.price_fen, period=new.period)
         sub = new
     if sub is None:
         return None
     k = cycle_index(sub.term_start, now)
-    if await _pot(s, sub.id, "subscription", k) is None:
+    if await db.cycle_pot(s, sub.id, "subscription", k) is None:
         if sub.pending_plan and k > 0:
-            _event(s, account_id, "downgrade_applied", now, sub=sub, plan=sub.pending_plan, previous=sub.plan)
+            db.add_event(s, account_id, "downgrade_applied", now, sub=sub, plan=sub.pending_plan, previous=sub.plan)
             sub.plan, sub.pending_plan = sub.pending_plan, None
         plan = cfg.plan(sub.plan)
         start = add_months(sub.term_start, k)
@@ -145,7 +73,7 @@ async def ensure_current(s: AsyncSession, cfg: BillingConfig, account_id: int, n
         if limit:
             span = WINDOW_KINDS[kind]
             idx = (now - sub.term_start) // span
-            if await _pot(s, sub.id, kind, idx) is None:
+            if await db.cycle_pot(s, sub.id, kind, idx) is None:
                 start = sub.term_start + idx * span
                 await _issue(s, sub, kind, idx, limit, start, start + span, now)
     return sub
@@ -153,11 +81,9 @@ async def ensure_current(s: AsyncSession, cfg: BillingConfig, account_id: int, n
 
 async def _close_pots(s: AsyncSession, sub: Subscription, now: int, reason: str) -> None:
     """End a subscription's live pools and windows now; their residual is forfeited."""
-    q = (select(CreditPot).where(CreditPot.subscription_id == sub.id, CreditPot.expires_at > now)
-         .order_by(CreditPot.id))
-    for pot in (await s.execute(q)).scalars():
-        _event(s, sub.account_id, "close", now, sub=sub, pot=pot, reason=reason,
-               forfeited=pot.total - pot.used - pot.leased)
+    for pot in await db.open_pots(s, sub.id, now):
+        db.add_event(s, sub.account_id, "close", now, sub=sub, pot=pot, reason=reason,
+                     forfeited=pot.total - pot.used - pot.leased)
         pot.expires_at = now
 
 
@@ -191,19 +117,19 @@ async def subscribe(s: AsyncSession, cfg: BillingConfig, account_id: int, plan_i
                     now: int, auto_renew: bool | None = None) -> SubscribeResult:
     """Subscribe, upgrade (now, pro-rated) or downgrade (at the next cycle)."""
     plan = _plan(cfg, plan_id)
-    await lock_account(s, account_id, now)
+    await db.lock_account(s, account_id, now)
     sub = await ensure_current(s, cfg, account_id, now)
     if sub is None:
         period = period or "monthly"
         new = await _new_term(s, cfg, account_id, plan, period, now, bool(auto_renew))
-        _event(s, account_id, "subscribe", now, sub=new, amount_fen=new.price_fen, period=period)
+        db.add_event(s, account_id, "subscribe", now, sub=new, amount_fen=new.price_fen, period=period)
         return SubscribeResult("subscribed", new.id, plan.id, period, new.term_start, new.term_end, new.price_fen)
     old = cfg.plan(sub.plan)
     if plan.id == old.id:
         if auto_renew is not None:
             sub.auto_renew = auto_renew
         if sub.pending_plan:
-            _event(s, account_id, "downgrade_cancelled", now, sub=sub, cancelled=sub.pending_plan)
+            db.add_event(s, account_id, "downgrade_cancelled", now, sub=sub, cancelled=sub.pending_plan)
             sub.pending_plan = None
             return SubscribeResult("downgrade_cancelled", sub.id, sub.plan, sub.period, sub.term_start,
                                    sub.term_end, 0)
@@ -217,7 +143,7 @@ async def subscribe(s: AsyncSession, cfg: BillingConfig, account_id: int, plan_i
         sub.pending_plan = plan.id
         if auto_renew is not None:
             sub.auto_renew = auto_renew
-        _event(s, account_id, "downgrade_scheduled", now, sub=sub, plan=plan.id, previous=old.id)
+        db.add_event(s, account_id, "downgrade_scheduled", now, sub=sub, plan=plan.id, previous=old.id)
         return SubscribeResult("downgrade_scheduled", sub.id, plan.id, sub.period, sub.term_start, sub.term_end, 0)
     return await _upgrade(s, cfg, sub, old, plan, period or sub.period, now, auto_renew)
 
@@ -241,9 +167,9 @@ async def _upgrade(s: AsyncSession, cfg: BillingConfig, sub: Subscription, old: 
     await _close_pots(s, sub, now, "upgrade")
     new = await _new_term(s, cfg, sub.account_id, plan, period, now, sub.auto_renew if auto_renew is None
                           else auto_renew)
-    _event(s, sub.account_id, "upgrade", now, sub=new, amount_fen=due, previous=old.id, previous_subscription=sub.id,
-           old_price_fen=sub.price_fen, old_unused_fen=unused, new_price_fen=price, period=period,
-           used_share=f"{length - remaining}/{length}")
+    db.add_event(s, sub.account_id, "upgrade", now, sub=new, amount_fen=due, previous=old.id,
+                 previous_subscription=sub.id, old_price_fen=sub.price_fen, old_unused_fen=unused,
+                 new_price_fen=price, period=period, used_share=f"{length - remaining}/{length}")
     return SubscribeResult("upgraded", new.id, plan.id, period, new.term_start, new.term_end, due, unused)
 
 
@@ -253,11 +179,8 @@ async def _new_term(s: AsyncSession, cfg: BillingConfig, account_id: int, plan: 
         raise BillingError(f"unknown period {period!r}; periods: {', '.join(PERIODS)}")
     if period not in plan.prices:
         raise BillingError(f"plan {plan.id} has no {period} price; periods: {', '.join(plan.prices)}")
-    sub = Subscription(account_id=account_id, plan=plan.id, period=period, price_fen=plan.price(period),
-                       term_start=now, term_end=add_months(now, PERIODS[period]), status="active",
-                       auto_renew=auto_renew, created_at=now)
-    s.add(sub)
-    await s.flush()
+    sub = await db.add_subscription(s, account_id, plan.id, period, plan.price(period), now,
+                                    add_months(now, PERIODS[period]), auto_renew, now)
     got = await ensure_current(s, cfg, account_id, now)
     assert got is not None and got.id == sub.id
     return sub
@@ -272,12 +195,12 @@ def _plan(cfg: BillingConfig, plan_id: str) -> Plan:
 
 async def cancel(s: AsyncSession, cfg: BillingConfig, account_id: int, now: int) -> Subscription:
     """Stop auto-renewal; the term runs to its end (no refunds, spec §5.1)."""
-    await lock_account(s, account_id, now)
+    await db.lock_account(s, account_id, now)
     sub = await ensure_current(s, cfg, account_id, now)
     if sub is None:
         raise BillingError("the account has no active subscription")
     sub.auto_renew = False
-    _event(s, account_id, "cancel", now, sub=sub)
+    db.add_event(s, account_id, "cancel", now, sub=sub)
     return sub
 
 
@@ -287,31 +210,20 @@ async def topup(s: AsyncSession, cfg: BillingConfig, account_id: int, pack_id: s
         pack = cfg.pack(pack_id)
     except ValueError as exc:
         raise BillingError(str(exc)) from None
-    await lock_account(s, account_id, now)
+    await db.lock_account(s, account_id, now)
     sub = await ensure_current(s, cfg, account_id, now)
     if sub is None:
         raise BillingError("top-up packs are for subscribers only; subscribe to a plan first")
-    pot = CreditPot(account_id=account_id, kind="topup", subscription_id=None, cycle=None, source=pack.id,
-                    total=pack.credits, used=0, leased=0, starts_at=now, expires_at=now + pack.days * 86400,
-                    created_at=now)
-    s.add(pot)
     try:
-        await s.flush()
+        pot = await db.add_pot(s, account_id, "topup", None, None, pack.id, pack.credits, now,
+                               now + pack.days * 86400, now)
     except IntegrityError as exc:  # pragma: no cover - no unique key can clash for a top-up
         raise BillingError(f"could not record the top-up: {exc}") from exc
-    _event(s, account_id, "topup", now, pot=pot, plan=pack.id, amount_fen=pack.price, credits=pack.credits,
-           expires_at=pot.expires_at)
-    _event(s, account_id, "issue", now, pot=pot, plan=pack.id, credits=pack.credits, pot_kind="topup",
-           expires_at=pot.expires_at)
+    db.add_event(s, account_id, "topup", now, pot=pot, plan=pack.id, amount_fen=pack.price, credits=pack.credits,
+                 expires_at=pot.expires_at)
+    db.add_event(s, account_id, "issue", now, pot=pot, plan=pack.id, credits=pack.credits, pot_kind="topup",
+                 expires_at=pot.expires_at)
     return pot
-
-
-async def live_pots(s: AsyncSession, account_id: int, now: int) -> list[CreditPot]:
-    """Pots usable at ``now``: credit pools, packs and current windows; earliest expiry first."""
-    q = (select(CreditPot).where(CreditPot.account_id == account_id, CreditPot.expires_at > now,
-                                 CreditPot.starts_at <= now)
-         .order_by(CreditPot.expires_at, CreditPot.id))
-    return list((await s.execute(q)).scalars())
 
 
 def needs_refresh(sub: Subscription | None, pots: list[CreditPot], cfg: BillingConfig, now: int) -> bool:
@@ -338,13 +250,13 @@ async def refresh_account(sessions: Any, cfg: BillingConfig, account_id: int, no
                           ) -> tuple[Subscription | None, list[CreditPot]]:
     """Read an account's subscription and live pots, issuing what is due first if needed."""
     async with sessions() as s:
-        sub = await current_subscription(s, account_id)
-        pots = await live_pots(s, account_id, now)
+        sub = await db.current_subscription(s, account_id)
+        pots = await db.live_pots(s, account_id, now)
         if not needs_refresh(sub, pots, cfg, now):
             return (sub if sub is not None and sub.term_start <= now < sub.term_end else None), pots
     async with sessions() as s:
-        await lock_account(s, account_id, now)
+        await db.lock_account(s, account_id, now)
         sub = await ensure_current(s, cfg, account_id, now)
         await s.commit()
     async with sessions() as s:
-        return sub, await live_pots(s, account_id, now)
+        return sub, await db.live_pots(s, account_id, now)
