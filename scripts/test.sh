@@ -14,3 +14,11 @@ if ! codex --version 2>/dev/null | grep -q "0\.169\.0"; then  # pinned: the Resp
 fi
 .venv/bin/ruff check stepplan tests bench
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# The date-dependent tests again, on a clock pinned at each date of tests/clock.py CALENDAR_DATES
+# (month lengths, leap day, last days of months): proof that CI passes on any date.
+if [ $# -eq 0 ]; then
+  for d in $(.venv/bin/python -c 'from tests.clock import CALENDAR_DATES; print(*CALENDAR_DATES)'); do
+    echo "calendar tests at $d"
+    STEPPLAN_TEST_DATE="$d" .venv/bin/python -m pytest -q -p no:cacheprovider -m calendar tests/billing
+  done
+fi

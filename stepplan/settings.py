@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import Catalog
+from .routing.policy import FLASH_ENGINE, PRO_ENGINE
 
 PROTOCOLS = ("openai", "anthropic", "local")
 
@@ -39,8 +40,8 @@ class UpstreamConfig:
 
 @dataclass(slots=True)
 class RouterConfig:
-    pro_engine: str = "deepseek-v4-pro"
-    flash_engine: str = "step-3.7-flash"
+    pro_engine: str = PRO_ENGINE
+    flash_engine: str = FLASH_ENGINE  # step-3.5-flash; a later StepFun page names step-3.7-flash
     pro_share: float = 0.3
     threshold: float | None = None  # overrides pro_share when set
     max_tokens_cap: int = 250_000

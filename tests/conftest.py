@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests import clock as test_clock
 from tests.fakes.upstream import FakeUpstream, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -148,6 +149,7 @@ def make_gateway(tmp: Path, fake: FakeUpstream, *, db_url: str | None = None, ex
     write_config(config, fake, db_url=db_url or f"sqlite:///{tmp}/stepplan.db", extra=extra)
     e = {k: v for k, v in os.environ.items() if not k.startswith("STEPPLAN_")}
     e["PYTHONPATH"] = str(ROOT)
+    e.update(test_clock.gateway_env())  # STEPPLAN_TEST_DATE (tests/clock.py)
     e.update(env or {})
     return Gateway(port=free_port(), config=config, workdir=tmp, env=e)
 

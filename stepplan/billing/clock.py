@@ -1,10 +1,20 @@
 """Billing time: whole unix seconds, injectable for tests, and calendar-month arithmetic.
 
 Every billing decision (which cycle is current, whether a pack has expired, which price
-window applies) asks a :class:`Clock` instead of ``time.time()``. Production uses the
-wall clock. Tests shift it with ``STEPPLAN_CLOCK_OFFSET`` (seconds added to the wall
-clock, read once when the meter or a CLI command starts), so a test can run the real
-server "31 days later" without sleeping. The variable is meant for tests only.
+window applies, which minute a per-minute rate limit counts in) asks a :class:`Clock`
+instead of ``time.time()``. Production uses the wall clock. Two variables, for tests
+only, move it; both are read once, when the meter or a CLI command starts:
+
+* ``STEPPLAN_CLOCK_OFFSET=<seconds>``: the wall clock plus this many seconds, so a test
+  can run the real server "31 days later" without sleeping. Processes given the same
+  offset agree to the second.
+* ``STEPPLAN_CLOCK_AT=<ISO 8601 instant>`` (e.g. ``2028-02-29T12:00:00Z``; no zone means
+  UTC, a bare date means its midnight): the clock reads this instant when the variable is
+  read, then advances in real time. Each process computes its own offset when it starts,
+  so processes started apart differ by that gap; give several processes the same
+  ``STEPPLAN_CLOCK_OFFSET`` when they must agree.
+
+Setting both is an error.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 CLOCK_OFFSET_ENV = "STEPPLAN_CLOCK_OFFSET"
+CLOCK_AT_ENV = "STEPPLAN_CLOCK_AT"
 HOUR = 3600
 DAY = 86_400
 WEEK = 7 * DAY
@@ -29,8 +40,14 @@ class Clock:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Clock:
+        """The clock the environment asks for (see the module docstring); the wall clock by default."""
         env = os.environ if env is None else env
         raw = env.get(CLOCK_OFFSET_ENV, "").strip()
+        at = env.get(CLOCK_AT_ENV, "").strip()
+        if raw and at:
+            raise ValueError(f"set {CLOCK_OFFSET_ENV} or {CLOCK_AT_ENV}, not both")
+        if at:
+            return cls(parse_instant(at, CLOCK_AT_ENV) - int(time.time()))
         if not raw:
             return cls()
         try:
@@ -40,6 +57,18 @@ class Clock:
 
     def now(self) -> int:
         return int(time.time()) + self.offset
+
+
+def parse_instant(raw: str, name: str = "time") -> int:
+    """Unix seconds of an ISO 8601 date or date-time; no zone means UTC, a bare date its midnight."""
+    try:
+        d = dt.datetime.fromisoformat(raw.strip())
+    except ValueError:
+        raise ValueError(f"{name} must be an ISO 8601 date or date-time such as 2028-02-29T12:00:00Z, "
+                         f"not {raw!r}") from None
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=dt.UTC)
+    return int(d.timestamp())
 
 
 def add_months(ts: int, months: int) -> int:

@@ -7,7 +7,9 @@ Without Redis each process enforces the limits on its own traffic. With Redis
 * concurrency: a hash per account, one field per gateway process (``owner``), summed by
   a Lua script that admits a call only if the total stays within the limit; a dead
   process's field is deleted when its leases are reaped, so a crash leaks nothing;
-* calls per minute: a counter per account per wall-clock minute (expires after 2 minutes).
+* calls per minute: a counter per account per minute of the billing :class:`~.clock.Clock`
+  (the wall clock in production; every process of a deployment must run with the same
+  clock, as they do unless a test shifts it), expiring after 2 minutes.
 
 A rejected call does not count. The database remains the source of truth for credit;
 Redis only holds these short-lived counters.
@@ -18,10 +20,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from typing import Any
 
 from ..errors import RateLimited
+from .clock import Clock
 
 log = logging.getLogger("stepplan.billing")
 
@@ -49,34 +51,37 @@ return 0
 """
 
 
-def _too_many(reason: int, concurrency: int, rpm: int) -> RateLimited:
+def _too_many(reason: int, concurrency: int, rpm: int, now: int) -> RateLimited:
     if reason == 1:
         return RateLimited(f"too many calls in flight for this account (plan limit {concurrency}); "
                            "retry when one finishes, or upgrade the plan for a higher priority rate",
                            headers={"retry-after": "1"})
-    wait = 60 - int(time.time()) % 60
+    wait = 60 - now % 60  # until the next minute of the clock that counted this one
     return RateLimited(f"too many calls this minute for this account (plan limit {rpm} per minute); "
                        "retry shortly, or upgrade the plan for a higher priority rate",
                        headers={"retry-after": str(max(1, wait))})
 
 
 class LocalLimiter:
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.clock = clock or Clock.from_env()
         self.inflight: dict[int, int] = {}
         self.minute: dict[int, tuple[int, int]] = {}
 
     async def enter(self, account_id: int, concurrency: int, rpm: int) -> None:
+        now = self.clock.now()
+        m = now // 60
+        n = 0
         if rpm > 0:
-            m = int(time.time()) // 60
             cur_m, n = self.minute.get(account_id, (m, 0))
             if cur_m != m:
                 n = 0
             if n >= rpm:
-                raise _too_many(2, concurrency, rpm)
+                raise _too_many(2, concurrency, rpm, now)
         if concurrency > 0 and self.inflight.get(account_id, 0) >= concurrency:
-            raise _too_many(1, concurrency, rpm)
+            raise _too_many(1, concurrency, rpm, now)
         if rpm > 0:
-            self.minute[account_id] = (int(time.time()) // 60, n + 1)
+            self.minute[account_id] = (m, n + 1)
         self.inflight[account_id] = self.inflight.get(account_id, 0) + 1
 
     def leave(self, account_id: int) -> None:
@@ -97,9 +102,10 @@ class LocalLimiter:
 
 
 class RedisLimiter:
-    def __init__(self, url: str, owner: str):
+    def __init__(self, url: str, owner: str, clock: Clock | None = None):
         import redis.asyncio as aioredis
 
+        self.clock = clock or Clock.from_env()
         self.redis: Any = aioredis.from_url(url)
         self.owner = owner
         self._enter = self.redis.register_script(_ENTER)
@@ -110,11 +116,11 @@ class RedisLimiter:
     async def enter(self, account_id: int, concurrency: int, rpm: int) -> None:
         if concurrency <= 0 and rpm <= 0:
             return
-        minute = int(time.time()) // 60
-        reason = await self._enter(keys=[CONC_KEY.format(account_id), RPM_KEY.format(account_id, minute)],
+        now = self.clock.now()
+        reason = await self._enter(keys=[CONC_KEY.format(account_id), RPM_KEY.format(account_id, now // 60)],
                                    args=[self.owner, concurrency, rpm])
         if int(reason):
-            raise _too_many(int(reason), concurrency, rpm)
+            raise _too_many(int(reason), concurrency, rpm, now)
 
     def leave(self, account_id: int) -> None:
         """Synchronous: releases are batched and sent by a background flusher."""

@@ -2,6 +2,9 @@
 ``stepplan usage`` and the admin API (the shape mirrors the StepFun console's
 QueryStepPlanRateLimit and QueryStepPlanUsages, spec §5.5).
 
+``credit_buckets`` lists the live monthly pool and top-up packs in deduction order: the
+bucket that expires first comes first (ties by bucket id), as the meter draws on them.
+
 Amounts are shown twice: ``credit_*`` in whole Credits as integer strings (as the console
 does; residuals rounded down) and ``*_micro`` in exact micro-credits. Left rates are
 decimal strings with 6 places (residual / total, rounded down).
@@ -9,6 +12,7 @@ decimal strings with 6 places (residual / total, rounded down).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -29,6 +33,12 @@ def left_rate(residual: int, total: int) -> str:
         return "0"
     micro = max(0, residual) * 1_000_000 // total
     return f"{micro // 1_000_000}.{micro % 1_000_000:06d}"
+
+
+def deduction_order(pots: Iterable[CreditPot]) -> list[CreditPot]:
+    """Credit buckets in the order calls draw on them: earliest expiry first, ties by id
+    (the meter's order, :mod:`stepplan.billing.state`). ``credit_buckets`` is listed in it."""
+    return sorted(pots, key=lambda p: (p.expires_at, p.id))
 
 
 def _bucket(p: CreditPot, sub: Subscription | None) -> dict[str, Any]:
@@ -58,7 +68,7 @@ async def account_usage(s: AsyncSession, cfg: BillingConfig, account_id: int, no
         pots = await store.live_pots(s, account_id, now)
     if sub is not None and not (sub.term_start <= now < sub.term_end):
         sub = None
-    credit = [p for p in pots if p.kind in BUCKET_TYPES]
+    credit = deduction_order(p for p in pots if p.kind in BUCKET_TYPES)
     pool = [p for p in credit if p.kind == "subscription"]
     packs = [p for p in credit if p.kind == "topup"]
     out: dict[str, Any] = {"status": 1, "now": now, "plan_family": 2}
@@ -154,4 +164,4 @@ def describe(view: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["account_usage", "describe", "left_rate", "usage_records"]
+__all__ = ["account_usage", "deduction_order", "describe", "left_rate", "usage_records"]

@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 PRO_ENGINE = "deepseek-v4-pro"
-FLASH_ENGINE = "step-3.7-flash"
+# The Step Plan page this product implements routes between deepseek-v4-pro and step-3.5-flash
+# (and bills a flash hit as step-3.5-flash); a later StepFun page names step-3.7-flash, which is
+# one line of config away: [router] flash_engine = "step-3.7-flash".
+FLASH_ENGINE = "step-3.5-flash"
 DEFAULT_PRO_SHARE = 0.3
 
 _ROLES = frozenset({"system", "user", "assistant", "tool"})

@@ -1,6 +1,10 @@
 """Fixtures for the billing tests: gateways with an admin token, an admin client, exact
 expected costs computed from the published prices (independently of stepplan's own
-pricing code), fresh PostgreSQL databases, and a clock shifted by STEPPLAN_CLOCK_OFFSET."""
+pricing code), fresh PostgreSQL databases, and a clock shifted by STEPPLAN_CLOCK_OFFSET.
+
+Every gateway runs on the tests' clock (tests/clock.py): the real one, or the date in
+``STEPPLAN_TEST_DATE``. Tests whose outcome depends on the calendar (month lengths, bucket
+expiry order) are marked ``calendar``; scripts/test.sh reruns them at fixed dates."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests import clock as test_clock
 from tests.conftest import Gateway, make_gateway
 from tests.fakes.upstream import FakeUpstream
 
@@ -98,9 +103,9 @@ def start_gateway(tmp: Path, fake: FakeUpstream, *, extra: str = "", db_url: str
 
 
 def cli_at(gw: Gateway, offset: int, *args: str, check: bool = True) -> Any:
-    """Run a stepplan command as if it were ``offset`` seconds later."""
+    """Run a stepplan command as if it were ``offset`` seconds later (than the tests' clock)."""
     saved = dict(gw.env)
-    gw.env["STEPPLAN_CLOCK_OFFSET"] = str(offset)
+    gw.env.update(test_clock.gateway_env(offset))
     try:
         return gw.cli(*args, check=check)
     finally:
@@ -109,9 +114,20 @@ def cli_at(gw: Gateway, offset: int, *args: str, check: bool = True) -> Any:
 
 
 def restart_at(gw: Gateway, offset: int) -> None:
+    """Restart the gateway with its clock ``offset`` seconds ahead of the tests' clock."""
     gw.stop()
-    gw.env["STEPPLAN_CLOCK_OFFSET"] = str(offset)
+    gw.env.update(test_clock.gateway_env(offset))
     gw.start()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _meters_on_the_tests_clock() -> Iterator[None]:
+    """In-process meters (``CreditMeter(...)`` reads ``Clock.from_env()``) run on the tests' clock.
+    Gateways get it from make_gateway, which drops the test process's STEPPLAN_* variables."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in test_clock.gateway_env().items():
+            mp.setenv(name, value)
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,7 @@ from stepplan.store.accounts import KeyInfo, create_account
 from stepplan.store.db import make_engine, sessionmaker
 from stepplan.store.migrate import migrate
 from stepplan.store.models import CreditPot, UsageEntry
+from tests import clock as test_clock
 
 MODEL = "step-3.5-flash"
 
@@ -52,7 +53,7 @@ async def _env(tmp_path: Path, billing: str = "", plan: str | None = "flash-max"
     async with sessions() as s:
         acct = await create_account(s, f"a{time.monotonic_ns()}")
         if plan:
-            await store.subscribe(s, cfg, acct.id, plan, None, int(time.time()))
+            await store.subscribe(s, cfg, acct.id, plan, None, test_clock.now())
         await s.commit()
         return Env(settings, sessions, engine, KeyInfo(1, acct.id, acct.name), cfg)
 
@@ -221,7 +222,7 @@ async def test_a_lease_just_taken_is_not_returned_as_idle_before_it_is_held(tmp_
     'active') between leasing and holding; the call then skipped the earliest-expiring pot."""
     env = await _env(tmp_path, billing=TINY_PACK)
     async with env.sessions() as s:
-        await store.topup(s, env.cfg, env.key.account_id, "tiny", int(time.time()))
+        await store.topup(s, env.cfg, env.key.account_id, "tiny", test_clock.now())
         await s.commit()
     meter = CreditMeter(env.settings, env.sessions)
     await meter.start()

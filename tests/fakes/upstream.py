@@ -42,6 +42,7 @@ class Reply:
     cut: bool = False  # drop the connection after the last chunk without finishing
     headers: dict[str, str] = field(default_factory=dict)
     hang: bool = False  # never answer (timeout tests)
+    gate: threading.Event | None = None  # answer only once the test sets this (at most 60 s later)
 
 
 @dataclass
@@ -139,6 +140,10 @@ class FakeUpstream:
         try:
             if reply.hang:
                 await asyncio.sleep(60)
+            if reply.gate is not None:
+                deadline = time.monotonic() + 60
+                while not reply.gate.is_set() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
             if reply.first_delay:
                 await asyncio.sleep(reply.first_delay)
         except asyncio.CancelledError:  # the gateway dropped the call before any answer

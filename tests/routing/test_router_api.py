@@ -139,8 +139,8 @@ def test_router_fallback_engine_gets_its_own_effort(split_gateway: Gateway, rkey
 def test_hard_goes_to_pro_easy_to_flash(split_gateway: Gateway, rkey: str, fake: FakeUpstream) -> None:
     r = routed(split_gateway, rkey, [{"role": "user", "content": EASY}], headers={"x-session-id": "easy-1"})
     assert r.json()["model"] == "step-router-v1"
-    assert r.headers["x-stepplan-routed-model"] == "step-3.7-flash"
-    assert fake.last.body["model"] == "step-3.7-flash"
+    assert r.headers["x-stepplan-routed-model"] == "step-3.5-flash"
+    assert fake.last.body["model"] == "step-3.5-flash"
     assert "score=" in r.headers["x-stepplan-route-reason"]
     r = routed(split_gateway, rkey, [{"role": "user", "content": HARD}], headers={"x-session-id": "hard-1"})
     assert r.headers["x-stepplan-routed-model"] == "deepseek-v4-pro"
@@ -166,7 +166,7 @@ def test_stickiness_by_session_header(split_gateway: Gateway, rkey: str) -> None
     assert r.headers["x-stepplan-route-reason"].startswith("sticky")
     # Another conversation with the same easy turn is not affected.
     r = routed(split_gateway, rkey, [{"role": "user", "content": EASY}], headers={"x-session-id": "other"})
-    assert r.headers["x-stepplan-routed-model"] == "step-3.7-flash"
+    assert r.headers["x-stepplan-routed-model"] == "step-3.5-flash"
 
 
 def test_stickiness_by_conversation_prefix(split_gateway: Gateway, rkey: str) -> None:
@@ -183,9 +183,9 @@ def test_fallback_pro_to_flash_before_first_byte(split_gateway: Gateway, rkey: s
         fake.queue_json({"error": {"message": "overloaded"}}, status=503, headers={"retry-after": "0"})
     fake.queue_json(openai_completion("from flash"))
     r = routed(split_gateway, rkey, [{"role": "user", "content": HARD}], headers={"x-session-id": "fb-1"})
-    assert r.headers["x-stepplan-routed-model"] == "step-3.7-flash"
+    assert r.headers["x-stepplan-routed-model"] == "step-3.5-flash"
     assert r.json()["choices"][0]["message"]["content"] == "from flash"
-    assert [q.body["model"] for q in fake.requests] == ["deepseek-v4-pro", "deepseek-v4-pro", "step-3.7-flash"]
+    assert [q.body["model"] for q in fake.requests] == ["deepseek-v4-pro", "deepseek-v4-pro", "step-3.5-flash"]
 
 
 def test_fallback_flash_to_pro_streamed(split_gateway: Gateway, rkey: str, fake: FakeUpstream) -> None:
@@ -195,7 +195,7 @@ def test_fallback_flash_to_pro_streamed(split_gateway: Gateway, rkey: str, fake:
                stream=True)
     assert r.headers["x-stepplan-routed-model"] == "deepseek-v4-pro"
     assert "data: [DONE]" in r.text
-    assert [q.body["model"] for q in fake.requests] == ["step-3.7-flash", "step-3.7-flash", "deepseek-v4-pro"]
+    assert [q.body["model"] for q in fake.requests] == ["step-3.5-flash", "step-3.5-flash", "deepseek-v4-pro"]
 
 
 def test_no_fallback_on_client_error(split_gateway: Gateway, rkey: str, fake: FakeUpstream) -> None:
@@ -215,6 +215,6 @@ def test_router_score_command_matches_server(tmp_path: Path, split_gateway: Gate
                           str(data)], capture_output=True, text=True, cwd=ROOT, timeout=60, check=True)
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert len(rows) == 2 and all(0.0 <= r["score"] <= 1.0 for r in rows)
-    assert rows[0]["engine"] == "deepseek-v4-pro" and rows[1]["engine"] == "step-3.7-flash"
+    assert rows[0]["engine"] == "deepseek-v4-pro" and rows[1]["engine"] == "step-3.5-flash"
     hard, easy = _scores()
     assert rows[0]["score"] == pytest.approx(hard) and rows[1]["score"] == pytest.approx(easy)

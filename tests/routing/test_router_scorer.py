@@ -19,6 +19,7 @@ import pytest
 
 from stepplan.routing.features import FEATURES, extract, split_query
 from stepplan.routing.policy import (
+    FLASH_ENGINE,
     RouteDecision,
     RouteInput,
     RouterPolicy,
@@ -26,6 +27,7 @@ from stepplan.routing.policy import (
     threshold_for_pro_share,
 )
 from stepplan.routing.scorer import FORMAT, WEIGHTS_PATH, RouterScorer, cdf, default_scorer
+from stepplan.settings import RouterConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT.parent / "shared" / "router-data-dev"
@@ -315,8 +317,11 @@ class _Fixed:
 def test_policy_decide_and_reason() -> None:
     pro = RouterPolicy(_Fixed(0.71), 0.55).decide(_inp("x"))
     assert pro == RouteDecision("deepseek-v4-pro", 0.71, "score=0.7100>=0.5500")
-    flash = RouterPolicy(_Fixed(0.2), 0.55, flash_engine="step-3.5-flash").decide(_inp("x"))
-    assert flash.engine == "step-3.5-flash" and flash.reason == "score=0.2000<0.5500"
+    flash = RouterPolicy(_Fixed(0.2), 0.55).decide(_inp("x"))
+    assert flash == RouteDecision("step-3.5-flash", 0.2, "score=0.2000<0.5500")  # the Step Plan page's engine
+    assert FLASH_ENGINE == RouterConfig().flash_engine == "step-3.5-flash"
+    later = RouterPolicy(_Fixed(0.2), 0.55, flash_engine="step-3.7-flash").decide(_inp("x"))  # configurable
+    assert later.engine == "step-3.7-flash"
     assert RouterPolicy(_Fixed(0.55), 0.55).decide(_inp("x")).engine == "deepseek-v4-pro"
     with pytest.raises(ValueError):
         RouterPolicy(_Fixed(0.5), float("nan"))
@@ -355,7 +360,7 @@ def test_decide_is_cheap_enough_to_call_inline() -> None:
     policy = RouterPolicy.for_pro_share(default_scorer(), 0.3)
     turns = [("system", "tools " * 5000)] + [("user", "step " * 3000), ("assistant", "ok"), ("tool", "{}")] * 50
     d = policy.decide(RouteInput(turns=turns, n_tools=30))
-    assert d.engine in ("deepseek-v4-pro", "step-3.7-flash") and 0.0 <= d.score <= 1.0
+    assert d.engine in ("deepseek-v4-pro", "step-3.5-flash") and 0.0 <= d.score <= 1.0
 
 
 # ----------------------------------------------------------------------------- metrics
