@@ -67,8 +67,8 @@ class CreditMeter:
         prices = PriceBook(settings.catalog)
         self.clock = clock or Clock.from_env()
         owner = uuid.uuid4().hex
-        limiter: LocalLimiter | RedisLimiter = (RedisLimiter(settings.redis_url, owner)
-                                                if settings.redis_url else LocalLimiter())
+        limiter: LocalLimiter | RedisLimiter = (RedisLimiter(settings.redis_url, owner, self.clock)
+                                                if settings.redis_url else LocalLimiter(self.clock))
         self.core = core = MeterCore(cfg, prices, self.clock, sessions, limiter, owner)
         self.leasing = Leasing(core)
         self.settler = Settler(core, writer_for(settings.database_url, sessions))
