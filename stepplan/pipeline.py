@@ -384,10 +384,12 @@ def _text_of(blocks: list[Block]) -> str:
 
 def _engine_view(req: Request, engine: ModelSpec) -> Request:
     """What a router engine receives: the client's effort and thinking resolved for that
-    engine exactly as for a model asked for by name."""
+    engine exactly as for a model asked for by name, and ``max_tokens`` capped at the engine's
+    own maximum output (the router's field rule allows 250K; step-3.5-flash writes at most 64K)."""
     effort, thinking = efforts.resolve(engine, req.effort, req.thinking, req.thinking_budget)
-    if effort != req.effort or thinking is not req.thinking:
-        return replace(req, effort=effort, thinking=thinking)
+    max_tokens = req.max_tokens if req.max_tokens is None else min(req.max_tokens, engine.max_output)
+    if effort != req.effort or thinking is not req.thinking or max_tokens != req.max_tokens:
+        return replace(req, effort=effort, thinking=thinking, max_tokens=max_tokens)
     return req
 
 

@@ -77,7 +77,8 @@ def test_field_rule_max_tokens_cap(split_gateway: Gateway, rkey: str, fake: Fake
     assert err["code"] == "request_params_invalid" and "250000" in err["message"] and err["param"] == "max_tokens"
     client(split_gateway, rkey).chat.completions.create(
         model="step-router-v1", messages=[{"role": "user", "content": EASY}], max_tokens=250_000)
-    assert fake.last.body["max_tokens"] == 250_000
+    # accepted; the flash engine that serves it (step-3.5-flash) gets its own maximum output
+    assert fake.last.body["max_tokens"] == 65_536
 
 
 @pytest.mark.parametrize("part", [
@@ -113,10 +114,11 @@ def _effort_call(gw: Gateway, key: str, text: str, session: str, **body: object)
 
 def test_router_maps_effort_per_engine(split_gateway: Gateway, rkey: str, fake: FakeUpstream) -> None:
     """Each engine gets the client's effort mapped to its own levels, as if asked for by name:
-    step-3.7-flash low/medium/high, deepseek-v4-pro high/max (xhigh is a tie: its default, high)."""
+    step-3.5-flash (the default flash engine) has none, so nothing is sent; deepseek-v4-pro
+    high/max (xhigh is a tie: its default, high)."""
     r = _effort_call(split_gateway, rkey, EASY, "eff-flash", reasoning_effort="minimal")
-    assert r.headers["x-stepplan-routed-model"] == "step-3.7-flash"
-    assert fake.last.body["reasoning_effort"] == "low" and r.headers["x-stepplan-effort"] == "low"
+    assert r.headers["x-stepplan-routed-model"] == "step-3.5-flash"
+    assert "reasoning_effort" not in fake.last.body and "x-stepplan-effort" not in r.headers
     for word, level in (("medium", "high"), ("xhigh", "high"), ("max", "max")):
         r = _effort_call(split_gateway, rkey, HARD, "eff-pro", reasoning_effort=word)
         assert r.headers["x-stepplan-routed-model"] == "deepseek-v4-pro"
@@ -131,8 +133,8 @@ def test_router_fallback_engine_gets_its_own_effort(split_gateway: Gateway, rkey
     for _ in range(2):  # one try + one retry on the pro engine
         fake.queue_json({"error": {"message": "overloaded"}}, status=503, headers={"retry-after": "0"})
     r = _effort_call(split_gateway, rkey, HARD, "eff-fb", reasoning_effort="max")
-    assert [q.body["reasoning_effort"] for q in fake.requests] == ["max", "max", "high"]
-    assert r.headers["x-stepplan-routed-model"] == "step-3.7-flash" and r.headers["x-stepplan-effort"] == "high"
+    assert [q.body.get("reasoning_effort") for q in fake.requests] == ["max", "max", None]  # flash: no levels
+    assert r.headers["x-stepplan-routed-model"] == "step-3.5-flash" and "x-stepplan-effort" not in r.headers
 
 
 # ------------------------------------------------------------------ routing and explanation
