@@ -20,7 +20,7 @@ from .api.common import error_response, is_anthropic_path, new_trace_id
 from .api.responses import JSONResponse
 from .auth import Authenticator
 from .billing.meter import Meter, NullMeter
-from .engines.base import EngineRegistry
+from .engines.registry import EngineRegistry
 from .errors import GatewayError, InvalidRequest, NotFound, Overloaded
 from .pipeline import Gateway
 from .reasoning import Signer

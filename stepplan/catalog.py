@@ -13,6 +13,9 @@ from typing import Any
 from .errors import InvalidRequest, ModelNotFound
 
 EFFORTS = ("low", "medium", "high")
+# How an upstream is told to think or not: "" (it is not told), "deepseek" (DeepSeek's
+# ``thinking: {"type": "enabled" | "disabled"}`` request field on the OpenAI protocol).
+THINKING_STYLES = ("", "deepseek")
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +36,7 @@ class ModelSpec:
     upstream: str | None = None  # upstream name; None = default upstream
     upstream_model: str | None = None  # name sent upstream; None = same as id
     price_windows: tuple[dict[str, Any], ...] = ()  # optional time-of-day price windows
+    thinking_style: str = ""  # one of THINKING_STYLES: how the upstream is told to think or not
 
     @property
     def vision(self) -> bool:
@@ -69,12 +73,13 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec("step-router-v1", 1_048_576, 250_000, ("text",), (), "0", "0", "0", kind="router"),
     # DeepSeek's published CNY list price (peak); off-peak windows can be configured.
     ModelSpec("deepseek-v4-pro", 1_048_576, 250_000, ("text",), ("low", "medium", "high"), "9.0", "0.30", "27.0",
-              public=False, owned_by="deepseek"),
+              public=False, owned_by="deepseek", thinking_style="deepseek"),
 )
 
 _SPEC_FIELDS = {
     "context_length", "max_output", "input_modalities", "efforts", "price_input", "price_cache",
     "price_output", "public", "kind", "reasoning", "owned_by", "upstream", "upstream_model", "price_windows",
+    "thinking_style",
 }
 
 
@@ -96,7 +101,14 @@ class Catalog:
             for key in ("price_input", "price_cache", "price_output"):
                 if key in values:
                     values[key] = str(values[key])
-            base = models.get(name) or ModelSpec(name, 131_072, 32_768, ("text",), (), "0", "0", "0")
+            if values.get("thinking_style", "") not in THINKING_STYLES:
+                raise ValueError(f"models.{name}.thinking_style must be one of {THINKING_STYLES}, "
+                                 f"not {values['thinking_style']!r}")
+            # A model added by config that names itself deepseek-* and does not say otherwise
+            # thinks the DeepSeek way (what configs written before the setting existed relied on).
+            style = "deepseek" if name.startswith("deepseek") else ""
+            base = models.get(name) or ModelSpec(name, 131_072, 32_768, ("text",), (), "0", "0", "0",
+                                                 thinking_style=style)
             models[name] = replace(base, **values)
         return cls(models)
 
