@@ -46,7 +46,7 @@ def billing_config(request: HTTPRequest) -> BillingConfig:
 def billing_clock(request: HTTPRequest) -> Clock:
     meter = request.app.state.gateway.meter
     clock = getattr(meter, "clock", None)
-    return clock if isinstance(clock, Clock) else Clock.from_env()
+    return clock if isinstance(clock, Clock) else Clock(request.app.state.settings.clock_offset)
 
 
 async def usage(request: HTTPRequest) -> Response:
