@@ -43,15 +43,16 @@ async def sse_events(name: str, open_source: Callable[[], AsyncGenerator[bytes, 
 
     ``open_source()`` is called on the first iteration (so encoding the request and sending it
     happen when the caller starts reading, as with any async generator); the body it returns is
-    closed whatever happens. ``error_of(payload)`` returns the message of an
-    in-stream error document (else None). ``done_data`` is a data line that ends the stream
-    (OpenAI's ``[DONE]``); a decoder with a true ``done`` attribute (Anthropic's
-    ``message_stop``) also ends it, after the network read that carried it.
+    closed whatever happens. ``error_of(payload)`` returns the message of an in-stream error
+    document (else None). The stream ends at the data line ``done_data`` when one is given
+    (OpenAI's ``[DONE]``); without one, when the decoder's ``done`` turns true (Anthropic's
+    ``message_stop``), after the network read that carried it.
     """
     source = open_source()
     parser = SSEParser()
     loads = orjson.loads
     feed = decoder.feed
+    watch_decoder = done_data is None  # else the decoder may have no ``done`` at all
     done = False
     try:
         async for raw in source:
@@ -59,29 +60,42 @@ async def sse_events(name: str, open_source: Callable[[], AsyncGenerator[bytes, 
                 if data == done_data:
                     done = True
                     break
-                for ev in _decode(name, loads, feed, error_of, data):
+                # The body of _decode, inlined: this runs once per upstream event.
+                try:
+                    payload = loads(data)
+                except orjson.JSONDecodeError as exc:
+                    raise UpstreamError(f"upstream {name} sent a malformed stream event") from exc
+                message = error_of(payload)
+                if message is not None:
+                    raise UpstreamError(f"upstream {name} failed mid-stream: {message}")
+                try:
+                    events = feed(payload)
+                except (ValueError, TypeError, AttributeError) as exc:
+                    raise UpstreamError(f"upstream {name} sent a stream event of the wrong shape: {exc}") from exc
+                for ev in events:
                     yield ev
-            if done or getattr(decoder, "done", False):
+            if done or (watch_decoder and decoder.done):  # type: ignore[attr-defined]
+                done = True
                 break
-        else:
+        else:  # the body ended: a last event without its blank line still counts
             for _, data in parser.flush():
                 if data == done_data:
                     done = True
                     break
-                for ev in _decode(name, loads, feed, error_of, data):
+                for ev in _decode(name, feed, error_of, data):
                     yield ev
+            done = done or (watch_decoder and decoder.done)  # type: ignore[attr-defined]
     finally:
         await source.aclose()
-    if not done and not getattr(decoder, "done", False) and decoder.finish is None:
+    if not done and decoder.finish is None:
         raise UpstreamError(f"upstream {name} closed the stream before it finished")
     for ev in decoder.close():
         yield ev
 
 
-def _decode(name: str, loads: Callable[[bytes], Any], feed: Callable[[Any], list[Event]], error_of: ErrorOf,
-            data: bytes) -> list[Event]:
+def _decode(name: str, feed: Callable[[Any], list[Event]], error_of: ErrorOf, data: bytes) -> list[Event]:
     try:
-        payload = loads(data)
+        payload = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise UpstreamError(f"upstream {name} sent a malformed stream event") from exc
     message = error_of(payload)

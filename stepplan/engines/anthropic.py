@@ -23,7 +23,7 @@ from ..catalog import ModelSpec
 from ..errors import UpstreamError
 from ..protocols.anthropic_request import encode_request
 from ..protocols.anthropic_response import StreamDecoder, decode_response
-from ..protocols.canonical import Event, Finish, Request, Response, Thinking, ThinkingDelta, ThinkingSignature
+from ..protocols.canonical import Event, Request, Response, Thinking, ThinkingDelta, ThinkingSignature
 from ..settings import UpstreamConfig
 from ._http import HTTPUpstream
 from ._sse import sse_events
@@ -79,40 +79,30 @@ def _stream_error(payload: Any) -> str | None:
     return None
 
 
-class _SigningDecoder:
+class _SigningDecoder(StreamDecoder):
     """The stream decoder, remembering the upstream's signature of each thinking block it sees
     (by a digest of the block's text) as the events go by."""
 
-    __slots__ = ("_inner", "_memory", "_thinking", "_thought")
+    __slots__ = ("_memory", "_thinking", "_thought")
 
-    def __init__(self, inner: StreamDecoder, memory: SignatureMemory):
-        self._inner = inner
+    def __init__(self, memory: SignatureMemory):
+        super().__init__()
         self._memory = memory
         self._thinking = SignatureMemory.hasher()  # digest of the current thinking block
         self._thought = False
 
-    @property
-    def finish(self) -> Finish | None:
-        return self._inner.finish
-
-    @property
-    def done(self) -> bool:
-        return self._inner.done
-
-    def feed(self, payload: Any) -> list[Event]:
-        events = self._inner.feed(payload)
+    def feed(self, data: Any) -> list[Event]:
+        events = StreamDecoder.feed(self, data)
         for ev in events:
-            if isinstance(ev, ThinkingDelta):
-                self._thinking.update(ev.text.encode())
+            kind = type(ev)
+            if kind is ThinkingDelta:
+                self._thinking.update(ev.text.encode())  # type: ignore[union-attr]
                 self._thought = True
-            elif isinstance(ev, ThinkingSignature):
+            elif kind is ThinkingSignature:
                 if self._thought:
-                    self._memory.remember_digest(self._thinking.digest(), ev.signature)
+                    self._memory.remember_digest(self._thinking.digest(), ev.signature)  # type: ignore[union-attr]
                 self._thinking, self._thought = SignatureMemory.hasher(), False
         return events
-
-    def close(self) -> list[Event]:
-        return self._inner.close()
 
 
 class AnthropicEngine:
@@ -147,7 +137,7 @@ class AnthropicEngine:
         def source() -> AsyncGenerator[bytes, None]:
             return self.http.stream("/messages", self._body(req, spec, ctx, True), ctx.extra_headers)
 
-        return sse_events(self.name, source, _SigningDecoder(StreamDecoder(), self.signatures), _stream_error)
+        return sse_events(self.name, source, _SigningDecoder(self.signatures), _stream_error)
 
     async def aclose(self) -> None:
         await self.http.aclose()
