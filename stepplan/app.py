@@ -21,7 +21,7 @@ from .api.common import error_response, is_anthropic_path, new_trace_id
 from .api.responses import JSONResponse
 from .auth import Authenticator
 from .billing.meter import Meter, NullMeter
-from .engines.base import EngineRegistry
+from .engines.registry import EngineRegistry
 from .errors import GatewayError, InvalidRequest, NotFound, Overloaded
 from .pipeline import Gateway
 from .reasoning import Signer
@@ -164,9 +164,10 @@ def routes() -> list[Route]:
 def build_meter(settings: Settings, sessions: Any) -> Meter:
     if not settings.billing.get("enabled", True):
         return NullMeter()
+    from .billing.clock import Clock
     from .billing.credit_meter import CreditMeter
 
-    return CreditMeter(settings, sessions)
+    return CreditMeter(settings, sessions, clock=Clock(settings.clock_offset))
 
 
 def create_app(settings: Settings | None = None, *, migrate: bool = True) -> ASGIApp:
@@ -211,12 +212,11 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> ASG
 
 def app_factory() -> ASGIApp:
     """Entry point for ``uvicorn --factory stepplan.app:app_factory`` (used by --workers N)."""
-    import os
-
     from .logs import setup_logging
 
-    setup_logging(os.environ.get("STEPPLAN_LOG_LEVEL", "info"))  # worker processes start with a fresh logging
-    return create_app(migrate=False)
+    settings = load_settings()  # STEPPLAN_CONFIG and STEPPLAN_LOG_LEVEL, as `stepplan serve` set them
+    setup_logging(settings.log_level)  # worker processes start with a fresh logging
+    return create_app(settings, migrate=False)
 
 
 __all__ = ["app_factory", "create_app"]

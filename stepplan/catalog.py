@@ -14,6 +14,9 @@ from .errors import InvalidRequest, ModelNotFound
 from .protocols import effort as _effort
 
 EFFORTS = ("low", "medium", "high")
+# How an upstream is told to think or not: "" (it is not told), "deepseek" (DeepSeek's
+# ``thinking: {"type": "enabled" | "disabled"}`` request field on the OpenAI protocol).
+THINKING_STYLES = ("", "deepseek")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +38,7 @@ class ModelSpec:
     upstream_model: str | None = None  # name sent upstream; None = same as id
     price_windows: tuple[dict[str, Any], ...] = ()  # optional time-of-day price windows
     default_effort: str | None = None  # the level used without one, and for ties; None: the middle level
-    thinking_switch: bool = False  # reasoning can be turned off (``thinking: disabled``), as on DeepSeek
+    thinking_style: str = ""  # one of THINKING_STYLES: how the upstream is told to think or not
     # Every effort word → the level this model uses (stepplan.protocols.effort); built once.
     effort_table: dict[str, str | None] = field(init=False, repr=False, compare=False)
 
@@ -44,6 +47,11 @@ class ModelSpec:
         object.__setattr__(self, "efforts", levels)
         object.__setattr__(self, "default_effort", default)
         object.__setattr__(self, "effort_table", _effort.table(levels, default))
+
+    @property
+    def thinking_switch(self) -> bool:
+        """Reasoning can be turned off (``thinking: disabled``), as on DeepSeek."""
+        return self.thinking_style == "deepseek"
 
     @property
     def vision(self) -> bool:
@@ -73,13 +81,13 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec("step-router-v1", 1_048_576, 250_000, ("text",), (), "0", "0", "0", kind="router"),
     # DeepSeek's published CNY list price (peak); off-peak windows can be configured.
     ModelSpec("deepseek-v4-pro", 1_048_576, 250_000, ("text",), ("high", "max"), "9.0", "0.30", "27.0",
-              public=False, owned_by="deepseek", default_effort="high", thinking_switch=True),
+              public=False, owned_by="deepseek", default_effort="high", thinking_style="deepseek"),
 )
 
 _SPEC_FIELDS = {
     "context_length", "max_output", "input_modalities", "efforts", "price_input", "price_cache",
     "price_output", "public", "kind", "reasoning", "owned_by", "upstream", "upstream_model", "price_windows",
-    "default_effort", "thinking_switch",
+    "default_effort", "thinking_style",
 }
 
 
@@ -101,8 +109,14 @@ class Catalog:
             for key in ("price_input", "price_cache", "price_output"):
                 if key in values:
                     values[key] = str(values[key])
+            if values.get("thinking_style", "") not in THINKING_STYLES:
+                raise ValueError(f"models.{name}.thinking_style must be one of {THINKING_STYLES}, "
+                                 f"not {values['thinking_style']!r}")
+            # A model added by config that names itself deepseek-* and does not say otherwise
+            # thinks the DeepSeek way (what configs written before the setting existed relied on).
+            style = "deepseek" if name.startswith("deepseek") else ""
             base = models.get(name) or ModelSpec(name, 131_072, 32_768, ("text",), (), "0", "0", "0",
-                                                 thinking_switch=name.startswith("deepseek"))
+                                                 thinking_style=style)
             if "efforts" in values and "default_effort" not in values:
                 values["default_effort"] = None  # new levels: the old default may not be one of them
             models[name] = replace(base, **values)

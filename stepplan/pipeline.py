@@ -19,7 +19,8 @@ from .auth import Authenticator
 from .billing.meter import Meter, Outcome, Reservation
 from .billing.pricing import PriceBook
 from .catalog import Catalog, ModelSpec
-from .engines.base import CallContext, EngineRegistry
+from .engines.base import CallContext
+from .engines.registry import EngineRegistry
 from .errors import GatewayError, InvalidRequest, UnsupportedContent
 from .logs import call_line
 from .protocols import effort as efforts

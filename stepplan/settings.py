@@ -1,29 +1,100 @@
 """Settings: built once from a TOML file and the environment, then passed down.
 
 No module reads the environment at import time; :func:`load_settings` is the only
-place that does.
+place that reads it (the CLI only *writes* ``STEPPLAN_CONFIG`` and ``STEPPLAN_LOG_LEVEL``
+for the worker processes it starts, which read them back through here).
+
+The file is loaded by one typed, strict loader: :class:`ConfigFile` is its schema, one typed
+dataclass per ``[section]``. Every unknown key, value of the wrong type or bad value stops
+start-up with a :class:`ConfigError` naming the file and the key (``router.pro_shar``). A
+section's values are checked by its ``check()`` method, if it has one.
+
+Adding a section: write its dataclass (fields with types and defaults, optionally
+``check()``), add a field of that type to :class:`ConfigFile` and one of the same name to
+:class:`Settings`; :func:`load_settings` copies it over. Nothing else changes.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .catalog import Catalog
+from .catalog import _SPEC_FIELDS, Catalog, ModelSpec
 from .routing.policy import FLASH_ENGINE, PRO_ENGINE
 
 PROTOCOLS = ("openai", "anthropic", "local")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+LOG_LEVEL_ENV = "STEPPLAN_LOG_LEVEL"  # set by `stepplan serve --log-level` for its workers
+
+
+class ConfigError(ValueError):
+    """A config file (or environment variable) the gateway refuses to start with."""
+
+    def __init__(self, key: str, message: str, path: str | None = None):
+        self.key, self.message, self.path = key, message, path
+        where = f"{path}: " if path else ""
+        super().__init__(f"{where}{key}: {message}" if key else f"{where}{message}")
+
+    def within(self, prefix: str = "", path: str | None = None) -> ConfigError:
+        """The same error with its key under ``prefix`` and, if given, the file named."""
+        key = f"{prefix}.{self.key}" if prefix and self.key else (prefix or self.key)
+        return ConfigError(key, self.message, path if path is not None else self.path)
+
+
+# --------------------------------------------------------------------------------------- sections
+@dataclass(slots=True)
+class DatabaseConfig:
+    url: str | None = None  # STEPPLAN_DATABASE_URL wins
+
+
+@dataclass(slots=True)
+class RedisConfig:
+    url: str | None = None  # STEPPLAN_REDIS_URL wins
+
+
+@dataclass(slots=True)
+class ServerConfig:
+    default_upstream: str | None = None  # None: "local" if configured, else the first upstream
+    admin_token: str | None = None  # STEPPLAN_ADMIN_TOKEN wins
+    secret: str | None = None  # STEPPLAN_SECRET wins
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_concurrency: int = 10_000
+    log_level: str = "info"  # `stepplan serve --log-level` wins
+    # client connections (stepplan.http_guard): header count/size limits, header and body timeouts
+    max_headers: int = 100
+    max_header_bytes: int = 64 * 1024
+    header_timeout: float = 15.0
+    body_timeout: float = 120.0
+
+    def check(self) -> None:
+        if self.max_body_bytes < 1:
+            raise ConfigError("max_body_bytes", "must be positive")
+        if self.max_concurrency < 1:
+            raise ConfigError("max_concurrency", "must be positive")
+        for key in ("max_headers", "max_header_bytes"):
+            if getattr(self, key) < 1:
+                raise ConfigError(key, "must be positive")
+        for key in ("header_timeout", "body_timeout"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(key, "must be a positive number of seconds")
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ConfigError("log_level", f"must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
 
 
 @dataclass(slots=True)
 class UpstreamConfig:
-    name: str
-    protocol: str
+    name: str  # the table's name, [upstreams.NAME]; not a key in the file
+    protocol: str = "openai"
     base_url: str = ""
     api_key: str | None = None
+    api_key_env: str | None = None  # the key is read from this environment variable when it is set
     model_path: str | None = None
     connect_timeout: float = 10.0
     first_byte_timeout: float = 120.0
@@ -37,6 +108,30 @@ class UpstreamConfig:
     n_ctx: int = 4096
     n_threads: int | None = None
 
+    def check(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError("protocol", f"must be one of {PROTOCOLS}, not {self.protocol!r}")
+        for key in ("connect_timeout", "first_byte_timeout", "idle_timeout", "total_timeout"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(key, "must be a positive number of seconds")
+        if self.max_retries < 0:
+            raise ConfigError("max_retries", "must be 0 or more")
+        if self.max_connections < 1:
+            raise ConfigError("max_connections", "must be positive")
+        self.base_url = self.base_url.rstrip("/")
+        if self.protocol == "local":
+            return
+        if not self.base_url:
+            raise ConfigError("base_url", f"is required for protocol {self.protocol!r}")
+        from .engines._h1 import parse_base_url
+        from .engines.transport import render_headers
+
+        try:
+            parse_base_url(self.base_url)
+            render_headers({**self.headers, "authorization": self.api_key or ""})
+        except ValueError as exc:
+            raise ConfigError("", str(exc)) from None
+
 
 @dataclass(slots=True)
 class RouterConfig:
@@ -46,6 +141,46 @@ class RouterConfig:
     threshold: float | None = None  # overrides pro_share when set
     max_tokens_cap: int = 250_000
     sticky_seconds: float = 1800.0
+
+    def check(self) -> None:
+        if not 0.0 <= self.pro_share <= 1.0:
+            raise ConfigError("pro_share", f"must be between 0 and 1, not {self.pro_share!r}")
+        if self.threshold is not None and not math.isfinite(self.threshold):
+            raise ConfigError("threshold", "must be a finite number")
+        if self.max_tokens_cap < 1:
+            raise ConfigError("max_tokens_cap", "must be positive")
+        if self.sticky_seconds < 0:
+            raise ConfigError("sticky_seconds", "must be 0 or more")
+
+
+@dataclass(slots=True)
+class ResponsesConfig:
+    """``[responses]``: the stored responses of the Responses API and the reasoning seal."""
+
+    retention_days: float = 30.0  # stored responses (store: true) are kept this long
+    previous_secrets: list[str] = field(default_factory=list)  # signing secrets used before a rotation
+
+    def check(self) -> None:
+        if not self.retention_days > 0:
+            raise ConfigError("retention_days", "must be a number of days > 0")
+        if not all(self.previous_secrets):
+            raise ConfigError("previous_secrets", "must be a list of the (non-empty) secrets used before")
+
+
+@dataclass(slots=True)
+class ConfigFile:
+    """The config file's schema: one field per top-level ``[section]``."""
+
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    upstreams: dict[str, UpstreamConfig] = field(default_factory=dict)
+    # [models."ID"]: any ModelSpec field but ``id``; each is checked against ModelSpec's type.
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    router: RouterConfig = field(default_factory=RouterConfig)
+    # [billing]: its schema is stepplan.billing.plans.BillingConfig, checked by load_settings.
+    billing: dict[str, Any] = field(default_factory=dict)
+    responses: ResponsesConfig = field(default_factory=ResponsesConfig)
 
 
 @dataclass(slots=True)
@@ -57,18 +192,19 @@ class Settings:
     catalog: Catalog = field(default_factory=Catalog.build)
     router: RouterConfig = field(default_factory=RouterConfig)
     billing: dict[str, Any] = field(default_factory=dict)
-    responses: dict[str, Any] = field(default_factory=dict)  # [responses]: retention, previous secrets
     admin_token: str | None = None
     secret: str | None = None
     max_body_bytes: int = 32 * 1024 * 1024
     max_concurrency: int = 10_000
-    # client connections (stepplan.http_guard): header count/size limits, header and body timeouts
     max_headers: int = 100
     max_header_bytes: int = 64 * 1024
     header_timeout: float = 15.0
     body_timeout: float = 120.0
     log_level: str = "info"
     config_path: str | None = None
+    server: ServerConfig = field(default_factory=ServerConfig)
+    responses: ResponsesConfig = field(default_factory=ResponsesConfig)
+    clock_offset: int = 0  # seconds added to the billing clock's wall time (STEPPLAN_CLOCK_OFFSET)
 
     def upstream_for(self, model_id: str) -> UpstreamConfig:
         spec = self.catalog.models.get(model_id)
@@ -76,75 +212,205 @@ class Settings:
         return self.upstreams[name]
 
 
-def _upstream(name: str, raw: dict[str, Any], env: dict[str, str]) -> UpstreamConfig:
-    protocol = raw.get("protocol", "openai")
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"upstreams.{name}.protocol must be one of {PROTOCOLS}, not {protocol!r}")
-    api_key = raw.get("api_key")
-    if raw.get("api_key_env"):
-        api_key = env.get(raw["api_key_env"], api_key)
-    known = {f for f in UpstreamConfig.__dataclass_fields__} | {"api_key_env"}
-    unknown = set(raw) - known
+# --------------------------------------------------------------------------------------- the loader
+_KINDS = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+_PLURALS = {str: "strings", int: "integers", float: "numbers", bool: "booleans"}
+
+
+def _describe(value: Any) -> str:
+    kind = {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array",
+            dict: "a table"}.get(type(value), type(value).__name__)
+    shown = repr(value) if not isinstance(value, (list, dict)) else ""
+    return f"{kind} {shown}".strip()
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def convert(value: Any, tp: Any, key: str) -> Any:
+    """``value`` (as TOML parsed it) checked against the type ``tp``; ConfigError names ``key``."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        errors: list[ConfigError] = []
+        for option in options:
+            try:
+                return convert(value, option, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(key, f"must be a number, not {_describe(value)}")
+    if tp in (str, int, bool):
+        if type(value) is tp:
+            return value
+        raise ConfigError(key, f"must be {_KINDS[tp]}, not {_describe(value)}")
+    if origin is dict:
+        value_type = typing.get_args(tp)[1]
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"must be a table, not {_describe(value)}")
+        out = {}
+        named = dataclasses.is_dataclass(value_type) and "name" in {f.name for f in dataclasses.fields(value_type)}
+        for k, v in value.items():
+            if named:  # a table of named tables ([upstreams.NAME]): the name comes from the key
+                out[k] = convert_section(v, value_type, f"{key}.{k}", fixed={"name": k})
+                continue
+            try:
+                out[k] = convert(v, value_type, f"{key}.{k}")
+            except ConfigError:
+                if value_type in _PLURALS:  # a table of plain values: say so, naming the entry
+                    raise ConfigError(key, f"must be a table of {_PLURALS[value_type]} "
+                                           f"({k} is {_describe(v)})") from None
+                raise
+        return out
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            raise ConfigError(key, f"must be an array, not {_describe(value)}")
+        args = typing.get_args(tp)
+        item_type = args[0] if args else Any
+        items = [convert(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return convert_section(value, tp, key)
+    raise TypeError(f"config schema: unsupported type {tp!r} at {key}")  # a bug in a schema, not a config
+
+
+def convert_section(raw: Any, cls: type, key: str, *, fixed: dict[str, Any] | None = None) -> Any:
+    """A table → an instance of the dataclass ``cls``: unknown keys, wrong types and (through
+    ``cls.check()``) bad values are a ConfigError naming the key. ``fixed`` fields (such as a
+    table's name) are not keys of the file."""
+    if not isinstance(raw, dict):
+        raise ConfigError(key, f"must be a table, not {_describe(raw)}")
+    fixed = fixed or {}
+    hints = _hints(cls)
+    fields_ = {f.name: f for f in dataclasses.fields(cls) if f.name not in fixed}
+    unknown = [k for k in raw if k not in fields_]
     if unknown:
-        raise ValueError(f"upstreams.{name}: unknown keys {sorted(unknown)}")
-    values = {k: v for k, v in raw.items() if k not in ("api_key_env", "api_key", "protocol")}
-    if protocol != "local" and not values.get("base_url"):
-        raise ValueError(f"upstreams.{name}.base_url is required for protocol {protocol!r}")
-    values["base_url"] = str(values.get("base_url", "")).rstrip("/")
-    if protocol != "local":
-        _check_http_upstream(name, values["base_url"], values.get("headers", {}), api_key)
-    return UpstreamConfig(name=name, protocol=protocol, api_key=api_key, **values)
+        raise ConfigError(f"{key}.{unknown[0]}" if key else unknown[0],
+                          f"unknown key (known keys: {', '.join(fields_)})")
+    missing = [n for n, f in fields_.items() if n not in raw and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{key}.{missing[0]}" if key else missing[0], "is required")
+    values = {k: convert(v, hints[k], f"{key}.{k}" if key else k) for k, v in raw.items()}
+    obj = cls(**fixed, **values)
+    check = getattr(obj, "check", None)
+    if check is not None:
+        try:
+            check()
+        except ConfigError as exc:
+            raise exc.within(key) from None
+    return obj
 
 
-def _check_http_upstream(name: str, base_url: str, headers: Any, api_key: Any) -> None:
-    """Refuse at start-up what the HTTP client would refuse on the first call."""
-    from .engines._h1 import parse_base_url, render_headers
+def _models(raw: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """[models."ID"] tables, each key checked against the type of that ModelSpec field."""
+    hints = _hints(ModelSpec)
+    out: dict[str, dict[str, Any]] = {}
+    for name, table in raw.items():
+        where = f"models.{name}"
+        if not isinstance(table, dict):
+            raise ConfigError(where, f"must be a table, not {_describe(table)}")
+        unknown = [k for k in table if k not in _SPEC_FIELDS]
+        if unknown:
+            raise ConfigError(f"{where}.{unknown[0]}", f"unknown key (known keys: {', '.join(sorted(_SPEC_FIELDS))})")
+        values = dict(table)
+        for k in ("price_input", "price_cache", "price_output"):  # prices may be written as numbers
+            if isinstance(values.get(k), (int, float)) and not isinstance(values[k], bool):
+                values[k] = str(values[k])
+        out[name] = {k: convert(v, hints[k], f"{where}.{k}") for k, v in values.items()}
+    return out
 
-    if not isinstance(headers, dict) or not all(isinstance(v, str) for v in headers.values()):
-        raise ValueError(f"upstreams.{name}.headers must be a table of strings")
-    if api_key is not None and not isinstance(api_key, str):
-        raise ValueError(f"upstreams.{name}.api_key must be a string")
+
+def _check_billing(raw: dict[str, Any]) -> None:
+    from .billing.plans import BillingConfig
+
     try:
-        parse_base_url(base_url)
-        render_headers({**headers, "authorization": api_key or ""})
+        BillingConfig.from_raw(raw)
+    except (ValueError, TypeError, KeyError) as exc:
+        message = str(exc)
+        key, sep, rest = message.partition(": ")
+        if sep and key.startswith("billing") and " " not in key:
+            raise ConfigError(key, rest) from None
+        raise ConfigError("billing", message) from None
+
+
+def _clock_offset(env: dict[str, str]) -> int:
+    from .billing.clock import Clock  # a leaf module: the one parser of STEPPLAN_CLOCK_OFFSET
+
+    try:
+        return Clock.from_env(env).offset
     except ValueError as exc:
-        raise ValueError(f"upstreams.{name}: {exc}") from None
+        raise ConfigError("", str(exc)) from None
+
+
+def read_config_file(path: str | os.PathLike[str]) -> ConfigFile:
+    """The file, parsed and checked against :class:`ConfigFile`; ConfigError names the file."""
+    where = str(path)
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("", f"not valid TOML: {exc}", where) from None
+    try:
+        cfg = convert_section(raw, ConfigFile, "")
+        cfg.models = _models(cfg.models)
+        if cfg.billing:
+            _check_billing(cfg.billing)
+    except ConfigError as exc:
+        raise exc.within(path=where) from None
+    return cfg
 
 
 def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None) -> Settings:
     env = dict(os.environ) if env is None else env
     path = path or env.get("STEPPLAN_CONFIG")
-    raw: dict[str, Any] = {}
-    if path:
-        raw = tomllib.loads(Path(path).read_text())
-    s = Settings(config_path=str(path) if path else None)
-    s.database_url = env.get("STEPPLAN_DATABASE_URL") or raw.get("database", {}).get("url") or s.database_url
-    s.redis_url = env.get("STEPPLAN_REDIS_URL") or raw.get("redis", {}).get("url") or None
-    for name, up in raw.get("upstreams", {}).items():
-        s.upstreams[name] = _upstream(name, up, env)
-    if not s.upstreams:
-        s.upstreams["local"] = UpstreamConfig(name="local", protocol="local")
-    server = raw.get("server", {})
-    s.default_upstream = server.get("default_upstream") or (
-        "local" if "local" in s.upstreams else next(iter(s.upstreams))
-    )
-    if s.default_upstream not in s.upstreams:
-        raise ValueError(f"server.default_upstream {s.default_upstream!r} is not a configured upstream")
-    s.catalog = Catalog.build(raw.get("models"))
-    for spec in s.catalog.models.values():
-        if spec.upstream and spec.upstream not in s.upstreams:
-            raise ValueError(f"models.{spec.id}.upstream {spec.upstream!r} is not a configured upstream")
-    r = raw.get("router", {})
-    s.router = RouterConfig(**r)
-    s.billing = raw.get("billing", {})
-    s.responses = raw.get("responses", {})
-    s.admin_token = env.get("STEPPLAN_ADMIN_TOKEN") or server.get("admin_token")
-    s.secret = env.get("STEPPLAN_SECRET") or server.get("secret")
-    s.max_body_bytes = int(server.get("max_body_bytes", s.max_body_bytes))
-    s.max_concurrency = int(server.get("max_concurrency", s.max_concurrency))
-    s.max_headers = int(server.get("max_headers", s.max_headers))
-    s.max_header_bytes = int(server.get("max_header_bytes", s.max_header_bytes))
-    s.header_timeout = float(server.get("header_timeout", s.header_timeout))
-    s.body_timeout = float(server.get("body_timeout", s.body_timeout))
-    s.log_level = server.get("log_level", s.log_level)
+    where = str(path) if path else None
+    file = read_config_file(path) if path else ConfigFile()
+    s = Settings(config_path=where)
+    try:
+        s.database_url = env.get("STEPPLAN_DATABASE_URL") or file.database.url or s.database_url
+        s.redis_url = env.get("STEPPLAN_REDIS_URL") or file.redis.url or None
+        for name, up in file.upstreams.items():
+            if up.api_key_env:
+                up.api_key = env.get(up.api_key_env, up.api_key)
+                if up.protocol != "local":
+                    up.check()  # the key from the environment must be a valid header value too
+            s.upstreams[name] = up
+        if not s.upstreams:
+            s.upstreams["local"] = UpstreamConfig(name="local", protocol="local")
+        server = s.server = file.server
+        s.default_upstream = server.default_upstream or ("local" if "local" in s.upstreams else next(iter(s.upstreams)))
+        if s.default_upstream not in s.upstreams:
+            raise ConfigError("server.default_upstream", f"{s.default_upstream!r} is not a configured upstream")
+        try:
+            s.catalog = Catalog.build(file.models)
+        except ValueError as exc:
+            raise ConfigError("", str(exc)) from None
+        for spec in s.catalog.models.values():
+            if spec.upstream and spec.upstream not in s.upstreams:
+                raise ConfigError(f"models.{spec.id}.upstream", f"{spec.upstream!r} is not a configured upstream")
+        s.router = file.router
+        for key in ("pro_engine", "flash_engine"):
+            engine = getattr(s.router, key)
+            if engine not in s.catalog.models:
+                raise ConfigError(f"router.{key}", f"{engine!r} is not a model of the catalog")
+        s.billing = file.billing
+        s.responses = file.responses
+        s.admin_token = env.get("STEPPLAN_ADMIN_TOKEN") or server.admin_token
+        s.secret = env.get("STEPPLAN_SECRET") or server.secret
+        s.max_body_bytes = server.max_body_bytes
+        s.max_concurrency = server.max_concurrency
+        s.max_headers, s.max_header_bytes = server.max_headers, server.max_header_bytes
+        s.header_timeout, s.body_timeout = server.header_timeout, server.body_timeout
+        s.log_level = (env.get(LOG_LEVEL_ENV) or server.log_level).lower()
+        if s.log_level not in LOG_LEVELS:
+            raise ConfigError(LOG_LEVEL_ENV, f"must be one of {', '.join(LOG_LEVELS)}, not {s.log_level!r}")
+        s.clock_offset = _clock_offset(env)
+    except ConfigError as exc:
+        raise exc.within(path=where) from None
     return s

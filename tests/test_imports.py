@@ -7,10 +7,7 @@ the module named, or to the submodule when ``from package import name`` names on
 ``if TYPE_CHECKING:`` are left out: they never run. Importing ``a.b.c`` also runs ``a/__init__``
 and ``a/b/__init__``, so those packages are edges too.
 
-Cycles are split by where they are: a cycle through ``stepplan/billing`` or ``stepplan/store``
-fails the test outright; the others are known (engines, routing, pipeline are being restructured
-in issue 12) and reported by an expected failure that names each one, until they are gone (then
-that test passes, and its xfail marker must go: ``strict=True``).
+A cycle anywhere inside ``stepplan/`` fails, naming every module on it.
 """
 
 from __future__ import annotations
@@ -187,8 +184,6 @@ def test_billing_and_store_import_only_the_layers_below_them() -> None:
     assert not wrong, "imports that run up the layers:\n" + "\n".join(wrong)
 
 
-@pytest.mark.xfail(strict=True, reason="known import cycles outside billing/store (engines, routing, pipeline: "
-                                       "being restructured for issue 12); the failure message names them")
 def test_no_import_cycles_anywhere() -> None:
     found = cycles(import_graph())
     assert not found, "import cycles inside stepplan/:\n" + _describe(found)

@@ -237,7 +237,7 @@ def leave_one_source_out(items: Sequence[Any], x: Any, alpha: float) -> dict[str
 
 def synthetic_requests() -> list[Any]:
     """Request shapes the dev data lacks, for latency: long agent contexts, tools."""
-    from stepplan.routing.policy import RouteInput
+    from stepplan.routing.types import RouteInput
 
     long_ctx = ("def handler(event):\n    return process(event)  # " + "x" * 60 + "\n") * 4000
     agent_turns = [(r, "step output " * 200) for _ in range(60) for r in ("user", "assistant", "tool")]
@@ -271,7 +271,7 @@ def latency(items: Sequence[Any], repeats: int = 5) -> dict[str, float]:
     t0 = time.perf_counter()
     scorer = RouterScorer()
     load_ms = (time.perf_counter() - t0) * 1e3
-    policy = RouterPolicy(scorer, scorer.threshold_for_pro_share(scorer.default_pro_share))
+    policy = RouterPolicy.for_pro_share(scorer, scorer.default_pro_share)
     synthetic = synthetic_requests()
     inputs = [it.route_input() for it in items] + synthetic
     for inp in inputs[:200]:  # warm-up

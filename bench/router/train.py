@@ -28,8 +28,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from stepplan.routing.features import FEATURES, extract  # noqa: E402
-from stepplan.routing.policy import RouteInput, route_input_from_openai_messages  # noqa: E402
+from stepplan.routing.inputs import route_input_from_openai_messages  # noqa: E402
 from stepplan.routing.scorer import FORMAT, WEIGHTS_PATH  # noqa: E402
+from stepplan.routing.types import RouteInput  # noqa: E402
 
 if TYPE_CHECKING:
     import numpy as np

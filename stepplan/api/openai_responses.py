@@ -44,18 +44,9 @@ class ResponsesState:
     """What the Responses routes share: the reasoning sealer and the response store."""
 
     def __init__(self, settings: Settings, sessions: Any, secret: bytes):
-        cfg = settings.responses
-        unknown = set(cfg) - {"retention_days", "previous_secrets"}
-        if unknown:
-            raise ValueError(f"responses: unknown keys {sorted(unknown)}")
-        days = cfg.get("retention_days", 30)
-        if isinstance(days, bool) or not isinstance(days, (int, float)) or days <= 0:
-            raise ValueError("responses.retention_days must be a number of days > 0")
-        previous = cfg.get("previous_secrets", [])
-        if not isinstance(previous, list) or not all(isinstance(s, str) and s for s in previous):
-            raise ValueError("responses.previous_secrets must be a list of the secrets used before")
-        self.retention = int(days * DAY)
-        self.sealer = Sealer(secret, [s.encode() for s in previous])
+        cfg = settings.responses  # checked when the config loads (settings.ResponsesConfig)
+        self.retention = int(cfg.retention_days * DAY)
+        self.sealer = Sealer(secret, [s.encode() for s in cfg.previous_secrets])
         self.sessions = sessions
         self._purged = time.monotonic()
 

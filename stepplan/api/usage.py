@@ -44,16 +44,11 @@ def billing_config(request: HTTPRequest) -> BillingConfig:
 
 
 def billing_clock(request: HTTPRequest) -> Clock:
-    """The meter's clock; without a metering meter, one read from the environment once per app
-    (read per request, ``STEPPLAN_CLOCK_AT`` would stand still at its instant)."""
-    state = request.app.state
-    clock = getattr(state.gateway.meter, "clock", None)
-    if isinstance(clock, Clock):
-        return clock
-    clock = getattr(state, "billing_clock", None)
-    if not isinstance(clock, Clock):
-        clock = state.billing_clock = Clock.from_env()
-    return clock
+    """The meter's clock; without a metering meter, the one the settings read from the environment
+    once (``STEPPLAN_CLOCK_OFFSET``/``STEPPLAN_CLOCK_AT``), so it advances like the meter's would."""
+    meter = request.app.state.gateway.meter
+    clock = getattr(meter, "clock", None)
+    return clock if isinstance(clock, Clock) else Clock(request.app.state.settings.clock_offset)
 
 
 async def usage(request: HTTPRequest) -> Response:

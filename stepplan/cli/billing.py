@@ -21,14 +21,10 @@ def _cfg(ctx: click.Context) -> Any:
         fail(f"bad [billing] config: {exc}")
 
 
-def _now() -> int:
+def _now(ctx: click.Context) -> int:
     from ..billing.clock import Clock
 
-    try:
-        return Clock.from_env().now()
-    except ValueError as exc:
-        fail(str(exc))
-        raise
+    return Clock(settings_from(ctx).clock_offset).now()  # STEPPLAN_CLOCK_OFFSET, read by load_settings
 
 
 async def _account_id(s: Any, name: str) -> int:
@@ -101,7 +97,7 @@ def subscribe(ctx: click.Context, account: str, plan_id: str, period: str | None
     from ..billing.subscriptions import BillingError
     from ..billing.subscriptions import subscribe as do_subscribe
 
-    cfg, now = _cfg(ctx), _now()
+    cfg, now = _cfg(ctx), _now(ctx)
 
     async def go(s: Any) -> Any:
         return await do_subscribe(s, cfg, await _account_id(s, account), plan_id, period, now, auto_renew)
@@ -127,7 +123,7 @@ def topup(ctx: click.Context, account: str, pack_id: str, as_json: bool) -> None
     from ..billing.subscriptions import BillingError
     from ..billing.subscriptions import topup as do_topup
 
-    cfg, now = _cfg(ctx), _now()
+    cfg, now = _cfg(ctx), _now(ctx)
 
     async def go(s: Any) -> dict[str, Any]:
         pot = await do_topup(s, cfg, await _account_id(s, account), pack_id, now)
@@ -158,7 +154,7 @@ def usage(ctx: click.Context, account: str, since: str | None, until: str | None
     """Show ACCOUNT's plan, credit buckets and usage."""
     from ..billing.usage import account_usage, describe
 
-    cfg, now = _cfg(ctx), _now()
+    cfg, now = _cfg(ctx), _now(ctx)
     t0, t1 = _time(since), _time(until)
 
     async def go(s: Any) -> dict[str, Any]:

@@ -7,11 +7,11 @@ import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
-from ..settings import Settings, load_settings
+from ..settings import LOG_LEVEL_ENV, LOG_LEVELS, Settings, load_settings
 
 T = TypeVar("T")
 
@@ -53,9 +53,17 @@ def raise_fd_limit() -> None:
             pass
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
+
+
+def load_or_fail(config: str | None) -> Settings:
+    """The settings, or one line naming the file and the key and exit status 1 (no traceback)."""
+    try:
+        return load_settings(config)
+    except (OSError, ValueError) as exc:  # ConfigError is a ValueError
+        fail(f"cannot load config: {exc}")
 
 
 @click.group()
@@ -64,10 +72,7 @@ def fail(message: str) -> None:
 @click.pass_context
 def cli(ctx: click.Context, config: str | None) -> None:
     """stepplan: a self-hosted Step Plan gateway."""
-    try:
-        ctx.obj = {"settings": load_settings(config), "config": config}
-    except (OSError, ValueError) as exc:
-        fail(f"cannot load config: {exc}")
+    ctx.obj = {"settings": load_or_fail(config), "config": config}
 
 
 @cli.command()
@@ -86,13 +91,16 @@ def serve(ctx: click.Context, config: str | None, host: str, port: int, workers:
     from ..store.migrate import migrate
 
     if config:
-        ctx.obj["settings"] = load_settings(config)
+        ctx.obj["settings"] = load_or_fail(config)
         ctx.obj["config"] = config
     settings = settings_from(ctx)
+    level = (log_level or settings.log_level).lower()
+    if level not in LOG_LEVELS:
+        fail(f"--log-level must be one of {', '.join(LOG_LEVELS)}, not {log_level!r}")
+    # Worker processes load the settings again (app_factory): hand them the file and the level.
     if ctx.obj["config"]:
         os.environ["STEPPLAN_CONFIG"] = os.path.abspath(ctx.obj["config"])
-    level = (log_level or settings.log_level).lower()
-    os.environ["STEPPLAN_LOG_LEVEL"] = level
+    os.environ[LOG_LEVEL_ENV] = level
     setup_logging(level)
 
     async def prepare() -> None:

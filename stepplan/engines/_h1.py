@@ -9,8 +9,12 @@ without a task or a timeout object per chunk. Measurements are in ``docs/perform
 
 It does what upstream calls need and no more: ``POST``/``GET`` with a bytes body, TLS,
 ``Content-Length``, chunked and close-delimited responses, gzip/deflate bodies, connect and
-idle timeouts, pause/resume reading when the consumer falls behind, and one transparent
-retry when a pooled connection turns out to have been closed by the server.
+idle timeouts, and pause/resume reading when the consumer falls behind.
+
+:class:`ConnectionPool` is the production :class:`~stepplan.engines.transport.Transport`:
+``handle_request`` sends once and raises :class:`StaleConnection` when a reused connection turns
+out to have been closed by the server before answering; the caller (``_http.py``) decides whether
+to resend, counting it against its retry budget.
 """
 
 from __future__ import annotations
@@ -20,43 +24,30 @@ import collections
 import ssl
 import time
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from urllib.parse import urlsplit
 
 import httptools
+
+from .transport import (
+    ConnectError,
+    HTTPError,
+    ReadTimeout,
+    RemoteProtocolError,
+    StaleConnection,
+    UpstreamRequest,
+    render_headers,
+)
+
+__all__ = ["ConnectError", "ConnectionPool", "HTTPError", "ReadTimeout", "RemoteProtocolError", "Response",
+           "StaleConnection", "parse_base_url", "render_headers"]
 
 HIGH_WATER = 256 * 1024  # buffered body bytes before reading from the socket pauses
 KEEPALIVE_S = 30.0  # an idle pooled connection older than this is closed, not reused
 
 
-class HTTPError(Exception):
-    """Any failure talking to the upstream (the caller maps it to a gateway error)."""
-
-
-class ConnectError(HTTPError):
-    pass
-
-
-class RemoteProtocolError(HTTPError):
-    pass
-
-
-class ReadTimeout(HTTPError, TimeoutError):
-    pass
-
-
-class _Stale(HTTPError):
+class _Stale(StaleConnection):
     """A pooled connection was closed before any byte of the answer: safe to resend."""
-
-
-def _header_line(name: str, value: str) -> bytes:
-    if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
-        raise ValueError(f"invalid header {name!r}")
-    return f"{name}: {value}\r\n".encode("latin-1")
-
-
-def render_headers(headers: dict[str, str]) -> bytes:
-    return b"".join(_header_line(k, v) for k, v in headers.items())
 
 
 class Connection(asyncio.Protocol):
@@ -259,7 +250,7 @@ class Response:
         self.status = conn.status
         self.headers = conn.headers
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def chunks(self) -> AsyncGenerator[bytes, None]:
         """Body bytes as they arrive; the connection goes back to the pool at the end."""
         conn = self._conn
         if conn is None:
@@ -334,28 +325,39 @@ class ConnectionPool:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._closed = False
 
+    async def handle_request(self, request: UpstreamRequest) -> Response:
+        """The transport method: send ``request`` once and wait for the response headers (the
+        caller bounds that wait). A reused connection the server had closed before answering
+        raises :class:`StaleConnection`; nothing is resent here."""
+        body = request.body
+        head = (f"{request.method} {self.prefix}{request.path} HTTP/1.1\r\nHost: {self.host_header}\r\n"
+                f"User-Agent: {self.user_agent}\r\nContent-Length: {len(body)}\r\n").encode("latin-1") \
+            + request.headers + b"\r\n"
+        conn, reused = await self._acquire()
+        try:
+            conn.send(head, body)
+            await conn.wait_headers()
+        except _Stale:
+            conn.close()
+            self._forget(conn)
+            if reused:
+                raise
+            raise RemoteProtocolError("the upstream closed the connection before answering") from None
+        except BaseException:
+            conn.close()
+            self._forget(conn)
+            raise
+        return Response(conn, request.idle_timeout)
+
     async def request(self, method: str, path: str, headers: bytes, body: bytes, *,
                       idle_timeout: float | None) -> Response:
-        """Send one request and wait for the response headers (the caller bounds that wait)."""
-        head = (f"{method} {self.prefix}{path} HTTP/1.1\r\nHost: {self.host_header}\r\n"
-                f"User-Agent: {self.user_agent}\r\nContent-Length: {len(body)}\r\n").encode("latin-1") \
-            + headers + b"\r\n"
-        while True:
-            conn, reused = await self._acquire()
-            try:
-                conn.send(head, body)
-                await conn.wait_headers()
-            except _Stale:
-                conn.close()
-                self._forget(conn)
-                if reused:
-                    continue  # the server had closed an idle connection: resend on another
-                raise RemoteProtocolError("the upstream closed the connection before answering") from None
-            except BaseException:
-                conn.close()
-                self._forget(conn)
-                raise
-            return Response(conn, idle_timeout)
+        """Send one request and wait for the response headers (the caller bounds that wait).
+        A stale pooled connection is replaced once; a second failure is the caller's."""
+        req = UpstreamRequest(method, path, headers, body, idle_timeout)
+        try:
+            return await self.handle_request(req)
+        except StaleConnection:
+            return await self.handle_request(req)
 
     async def _acquire(self) -> tuple[Connection, bool]:
         while True:

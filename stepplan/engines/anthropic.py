@@ -16,10 +16,8 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
-
-import orjson
 
 from ..catalog import ModelSpec
 from ..errors import UpstreamError
@@ -27,9 +25,10 @@ from ..protocols.anthropic_request import encode_request
 from ..protocols.anthropic_response import StreamDecoder, decode_response
 from ..protocols.canonical import Event, Request, Response, Thinking, ThinkingDelta, ThinkingSignature
 from ..settings import UpstreamConfig
-from ..streaming.sse import SSEParser
 from ._http import HTTPUpstream
+from ._sse import sse_events
 from .base import CallContext
+from .transport import Transport
 
 ANTHROPIC_VERSION = "2023-06-01"
 
@@ -74,14 +73,46 @@ def _error_text(data: dict[str, Any]) -> str:
     return str(err)
 
 
+def _stream_error(payload: Any) -> str | None:
+    if isinstance(payload, dict) and payload.get("type") == "error":
+        return _error_text(payload)
+    return None
+
+
+class _SigningDecoder(StreamDecoder):
+    """The stream decoder, remembering the upstream's signature of each thinking block it sees
+    (by a digest of the block's text) as the events go by."""
+
+    __slots__ = ("_memory", "_thinking", "_thought")
+
+    def __init__(self, memory: SignatureMemory):
+        super().__init__()
+        self._memory = memory
+        self._thinking = SignatureMemory.hasher()  # digest of the current thinking block
+        self._thought = False
+
+    def feed(self, data: Any) -> list[Event]:
+        events = StreamDecoder.feed(self, data)
+        for ev in events:
+            kind = type(ev)
+            if kind is ThinkingDelta:
+                self._thinking.update(ev.text.encode())  # type: ignore[union-attr]
+                self._thought = True
+            elif kind is ThinkingSignature:
+                if self._thought:
+                    self._memory.remember_digest(self._thinking.digest(), ev.signature)  # type: ignore[union-attr]
+                self._thinking, self._thought = SignatureMemory.hasher(), False
+        return events
+
+
 class AnthropicEngine:
     protocol = "anthropic"
 
-    def __init__(self, cfg: UpstreamConfig):
+    def __init__(self, cfg: UpstreamConfig, transport: Transport | None = None):
         self.name = cfg.name
         self.cfg = cfg
         auth = {"x-api-key": cfg.api_key} if cfg.api_key else {}
-        self.http = HTTPUpstream(cfg, {**auth, "anthropic-version": ANTHROPIC_VERSION})
+        self.http = HTTPUpstream(cfg, {**auth, "anthropic-version": ANTHROPIC_VERSION}, transport)
         self.signatures = SignatureMemory()
 
     def _body(self, req: Request, spec: ModelSpec, ctx: CallContext, stream: bool) -> dict[str, Any]:
@@ -102,48 +133,11 @@ class AnthropicEngine:
                 self.signatures.remember(b.text, b.signature)
         return resp
 
-    async def stream(self, req: Request, spec: ModelSpec, ctx: CallContext) -> AsyncIterator[Event]:
-        decoder = StreamDecoder()
-        parser = SSEParser()
-        thinking = SignatureMemory.hasher()  # digest of the current thinking block, to remember its signature
-        thought = False
-        source = self.http.stream("/messages", self._body(req, spec, ctx, True), ctx.extra_headers)
-        try:
-            async for raw in source:
-                for _, data in parser.feed(raw):
-                    for ev in self._decode(decoder, data):
-                        if isinstance(ev, ThinkingDelta):
-                            thinking.update(ev.text.encode())
-                            thought = True
-                        elif isinstance(ev, ThinkingSignature):
-                            if thought:
-                                self.signatures.remember_digest(thinking.digest(), ev.signature)
-                            thinking, thought = SignatureMemory.hasher(), False
-                        yield ev
-                if decoder.done:
-                    break
-            if not decoder.done:
-                for _, data in parser.flush():
-                    for ev in self._decode(decoder, data):
-                        yield ev
-        finally:
-            await source.aclose()
-        if not decoder.done and decoder.finish is None:
-            raise UpstreamError(f"upstream {self.name} closed the stream before it finished")
-        for ev in decoder.close():
-            yield ev
+    def stream(self, req: Request, spec: ModelSpec, ctx: CallContext) -> AsyncIterator[Event]:
+        def source() -> AsyncGenerator[bytes, None]:
+            return self.http.stream("/messages", self._body(req, spec, ctx, True), ctx.extra_headers)
 
-    def _decode(self, decoder: StreamDecoder, data: bytes) -> list[Event]:
-        try:
-            payload = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamError(f"upstream {self.name} sent a malformed stream event") from exc
-        if isinstance(payload, dict) and payload.get("type") == "error":
-            raise UpstreamError(f"upstream {self.name} failed mid-stream: {_error_text(payload)}")
-        try:
-            return decoder.feed(payload)
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise UpstreamError(f"upstream {self.name} sent a stream event of the wrong shape: {exc}") from exc
+        return sse_events(self.name, source, _SigningDecoder(self.signatures), _stream_error)
 
     async def aclose(self) -> None:
         await self.http.aclose()

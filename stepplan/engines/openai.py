@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import orjson
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
 
 from ..catalog import ModelSpec
 from ..errors import UpstreamError
@@ -12,24 +11,33 @@ from ..protocols.canonical import Event, Request, Response
 from ..protocols.openai_request import encode_request
 from ..protocols.openai_response import StreamDecoder, decode_response
 from ..settings import UpstreamConfig
-from ..streaming.sse import SSEParser
 from ._http import HTTPUpstream
+from ._sse import sse_events
 from .base import CallContext
+from .transport import Transport
+
+
+def _stream_error(chunk: Any) -> str | None:
+    """The message of an error document sent in place of a chunk (vLLM, SGLang, DeepSeek do)."""
+    if isinstance(chunk, dict) and "error" in chunk and not chunk.get("choices"):
+        err = chunk["error"]
+        return str(err.get("message") if isinstance(err, dict) else err)
+    return None
 
 
 class OpenAIEngine:
     protocol = "openai"
 
-    def __init__(self, cfg: UpstreamConfig):
+    def __init__(self, cfg: UpstreamConfig, transport: Transport | None = None):
         self.name = cfg.name
         self.cfg = cfg
         auth = {"authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
-        self.http = HTTPUpstream(cfg, auth)
+        self.http = HTTPUpstream(cfg, auth, transport)
 
-    def _body(self, req: Request, spec: ModelSpec, ctx: CallContext, stream: bool) -> dict:
+    def _body(self, req: Request, spec: ModelSpec, ctx: CallContext, stream: bool) -> dict[str, Any]:
         return encode_request(
             req, spec.sent_name(), stream=stream, replay_reasoning=self.cfg.replay_reasoning,
-            restore=ctx.restore_reasoning, deepseek_thinking=spec.thinking_switch,
+            restore=ctx.restore_reasoning, deepseek_thinking=spec.thinking_style == "deepseek",
         )
 
     async def complete(self, req: Request, spec: ModelSpec, ctx: CallContext) -> Response:
@@ -39,40 +47,11 @@ class OpenAIEngine:
         except (ValueError, AttributeError, TypeError) as exc:
             raise UpstreamError(f"upstream {self.name} sent an unusable response: {exc}") from exc
 
-    async def stream(self, req: Request, spec: ModelSpec, ctx: CallContext) -> AsyncIterator[Event]:
-        decoder = StreamDecoder(req.stop)
-        parser = SSEParser()
-        done = False
-        source = self.http.stream("/chat/completions", self._body(req, spec, ctx, True), ctx.extra_headers)
-        try:
-            async for raw in source:
-                for _, data in parser.feed(raw):
-                    if data == b"[DONE]":
-                        done = True
-                        break
-                    try:
-                        chunk = orjson.loads(data)
-                    except orjson.JSONDecodeError as exc:
-                        raise UpstreamError(f"upstream {self.name} sent a malformed stream event") from exc
-                    if isinstance(chunk, dict) and "error" in chunk and not chunk.get("choices"):
-                        err = chunk["error"]
-                        msg = err.get("message") if isinstance(err, dict) else str(err)
-                        raise UpstreamError(f"upstream {self.name} failed mid-stream: {msg}")
-                    try:
-                        events = decoder.feed(chunk)
-                    except (ValueError, TypeError, AttributeError) as exc:
-                        raise UpstreamError(f"upstream {self.name} sent a stream event of the wrong shape: "
-                                            f"{exc}") from exc
-                    for ev in events:
-                        yield ev
-                if done:
-                    break
-        finally:
-            await source.aclose()
-        if not done and decoder.finish is None:
-            raise UpstreamError(f"upstream {self.name} closed the stream before it finished")
-        for ev in decoder.close():
-            yield ev
+    def stream(self, req: Request, spec: ModelSpec, ctx: CallContext) -> AsyncIterator[Event]:
+        def source() -> AsyncGenerator[bytes, None]:
+            return self.http.stream("/chat/completions", self._body(req, spec, ctx, True), ctx.extra_headers)
+
+        return sse_events(self.name, source, StreamDecoder(req.stop), _stream_error, b"[DONE]")
 
     async def aclose(self) -> None:
         await self.http.aclose()

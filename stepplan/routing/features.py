@@ -22,7 +22,7 @@ import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from stepplan.routing.policy import RouteInput
+    from stepplan.routing.types import RouteInput
 
 #: Longest tail of the last user message searched for few-shot structure.
 SCAN_CHARS = 6000
@@ -168,7 +168,7 @@ _SIGNATURE = re.compile(r"\bdef\s+\w+\s*\(|\b\w+\s*\([a-z_, ]*\)\s*(?:->|:|==)")
 _WRITE_CODE = re.compile(r"\bwrite (?:a |an )?(?:python )?(?:function|program|script|code|class|method)\b")
 _NUMBER_WORD, _UNIT, _RATE, _STEP, _DATA_WORD, _ALGO_WORD, _PRONOUN = range(7)
 _STEM_CUES: dict[str, int] = {}
-for _cat, _words in (
+for _stem_cat, _stem_words in (
     (
         _NUMBER_WORD,
         "one two three four five six seven eight nine ten eleven twelve twenty thirty forty fifty hundred thousand "
@@ -199,8 +199,8 @@ for _cat, _words in (
     ),
     (_PRONOUN, "he she they him her them his their it its"),
 ):
-    for _w in _words.split():
-        _STEM_CUES.setdefault(_w, _cat)
+    for _w in _stem_words.split():
+        _STEM_CUES.setdefault(_w, _stem_cat)
 _RATE_PHRASES = ("an hour", "a day", "a week", "a month", "a year")
 _STEP_PHRASES = ("more than", "less than", "in all")
 _MONEY_WORDS = ("dollar", "cent", "euro")

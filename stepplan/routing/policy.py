@@ -1,17 +1,34 @@
-"""Routing policy for ``step-router-v1``: request shape, decision and thresholds.
+"""Routing policy for ``step-router-v1``: decision and thresholds.
 
 The policy turns a score P(pro) from :class:`~stepplan.routing.scorer.RouterScorer`
 into an engine choice.  The threshold can be set directly or derived from a
-target Pro share with :meth:`RouterPolicy.for_pro_share` /
-:func:`threshold_for_pro_share`.
+target Pro share with :func:`threshold_for_pro_share` (the one implementation; the
+scorer, the router and ``bench/router`` all call it) or :meth:`RouterPolicy.for_pro_share`.
+
+The request types live in :mod:`stepplan.routing.types` and the one builder of a
+:class:`RouteInput` in :mod:`stepplan.routing.inputs`; both are re-exported here.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any
+
+from .inputs import route_input_from_openai_messages
+from .types import RouteDecision, RouteInput, Scorer
+
+__all__ = [
+    "DEFAULT_PRO_SHARE",
+    "FLASH_ENGINE",
+    "PRO_ENGINE",
+    "RouteDecision",
+    "RouteInput",
+    "RouterPolicy",
+    "Scorer",
+    "route_input_from_openai_messages",
+    "threshold_for_pro_share",
+]
 
 PRO_ENGINE = "deepseek-v4-pro"
 # The Step Plan page this product implements routes between deepseek-v4-pro and step-3.5-flash
@@ -19,98 +36,6 @@ PRO_ENGINE = "deepseek-v4-pro"
 # one line of config away: [router] flash_engine = "step-3.7-flash".
 FLASH_ENGINE = "step-3.5-flash"
 DEFAULT_PRO_SHARE = 0.3
-
-_ROLES = frozenset({"system", "user", "assistant", "tool"})
-
-
-@dataclass
-class RouteInput:
-    """What the router sees of a request (protocol-independent).
-
-    ``turns`` holds ``(role, text)`` pairs in conversation order; roles are
-    ``system``, ``user``, ``assistant`` or ``tool`` (``developer`` is folded
-    into ``system``).  Only text is kept: images/audio are not scored.
-    """
-
-    turns: list[tuple[str, str]] = field(default_factory=list)
-    n_tools: int = 0
-    effort: str | None = None
-    thinking: bool | None = None
-    input_tokens: int | None = None
-
-
-@dataclass(frozen=True)
-class RouteDecision:
-    engine: str
-    score: float
-    reason: str
-
-
-class Scorer(Protocol):
-    def score(self, inp: RouteInput) -> float: ...
-
-
-def _content_text(content: Any) -> str:
-    """Text of an OpenAI/Anthropic ``content`` value (str, None or list of parts)."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, Mapping):
-        content = [content]
-    if isinstance(content, Iterable):
-        texts: list[str] = []
-        for part in content:
-            if isinstance(part, str):
-                texts.append(part)
-            elif isinstance(part, Mapping):
-                ptype = part.get("type")
-                if ptype in (None, "text", "input_text", "output_text"):
-                    text = part.get("text")
-                    if isinstance(text, str):
-                        texts.append(text)
-                elif ptype == "tool_result":
-                    texts.append(_content_text(part.get("content")))
-        return "\n".join(t for t in texts if t)
-    return ""
-
-
-def _normalise_role(role: Any) -> str:
-    role = str(role or "user").lower()
-    if role == "developer":
-        return "system"
-    if role == "function":
-        return "tool"
-    return role if role in _ROLES else "user"
-
-
-def route_input_from_openai_messages(
-    messages: Sequence[Mapping[str, Any]],
-    tools: Sequence[Any] | None = None,
-    *,
-    effort: str | None = None,
-    thinking: bool | None = None,
-    input_tokens: int | None = None,
-) -> RouteInput:
-    """Build a :class:`RouteInput` from OpenAI Chat Completions ``messages``.
-
-    ``content`` may be a string, ``None`` or a list of parts; only text parts
-    are kept.  Assistant ``tool_calls`` arguments are not scored, but a turn
-    that only made tool calls is still recorded (with empty text) so the turn
-    count is right.
-    """
-    turns: list[tuple[str, str]] = []
-    for msg in messages:
-        if not isinstance(msg, Mapping):
-            continue
-        turns.append((_normalise_role(msg.get("role")), _content_text(msg.get("content"))))
-    return RouteInput(
-        turns=turns,
-        n_tools=len(tools) if tools else 0,
-        effort=effort,
-        thinking=thinking,
-        input_tokens=input_tokens,
-    )
 
 
 def threshold_for_pro_share(share: float, quantiles: Sequence[float] | None = None) -> float:
@@ -181,14 +106,10 @@ class RouterPolicy:
         quantiles = getattr(scorer, "score_quantiles", None) or None
         return cls(scorer, threshold_for_pro_share(share, quantiles), pro_engine, flash_engine)
 
-    def threshold_for_pro_share(self, share: float) -> float:
-        """Threshold for a target Pro share, from the scorer's reference
-        score distribution (or the shipped one if the scorer has none)."""
-        quantiles = getattr(self.scorer, "score_quantiles", None) or None
-        return threshold_for_pro_share(share, quantiles)
-
     def set_pro_share(self, share: float) -> None:
-        self.threshold = self.threshold_for_pro_share(share)
+        """Retarget ``share`` Pro calls on the scorer's reference score distribution (or the
+        shipped one if the scorer has none)."""
+        self.threshold = threshold_for_pro_share(share, getattr(self.scorer, "score_quantiles", None) or None)
 
     def decide(self, inp: RouteInput) -> RouteDecision:
         score = self.scorer.score(inp)

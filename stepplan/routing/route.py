@@ -7,41 +7,19 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..catalog import Catalog, ModelSpec
 from ..errors import InvalidRequest, UnsupportedContent
 from ..protocols.canonical import Audio, Document, Image, Request, Text, ToolResult, Video
 from ..settings import RouterConfig
+from .inputs import route_input
+from .types import RouteChoice
 
 if TYPE_CHECKING:
-    from .policy import RouteInput, RouterPolicy
+    from .policy import RouterPolicy
 
-
-@dataclass(slots=True)
-class RouteChoice:
-    engines: list[ModelSpec]  # first = chosen engine; the rest = fallbacks in order
-    score: float | None = None
-    reason: str | None = None
-
-
-def route_input(req: Request) -> RouteInput:
-    """The router's view of a canonical request: text turns, tools and hints."""
-    from .policy import RouteInput
-
-    turns: list[tuple[str, str]] = [("system", t.text) for t in req.system]
-    for m in req.messages:
-        texts: list[str] = []
-        role = m.role
-        for b in m.content:
-            if isinstance(b, Text):
-                texts.append(b.text)
-            elif isinstance(b, ToolResult):
-                role = "tool"
-                texts.extend(x.text for x in b.content if isinstance(x, Text))
-        turns.append((role, "\n".join(texts)))
-    return RouteInput(turns=turns, n_tools=len(req.tools), effort=req.effort, thinking=req.thinking)
+__all__ = ["RouteChoice", "Router", "Stickiness", "route_input"]
 
 
 def _conversation_key(req: Request) -> str:
@@ -94,15 +72,14 @@ class Router:
     def policy(self) -> RouterPolicy:
         """Loaded on first use (or by :meth:`preload`), so gateways that never route pay nothing."""
         if self._policy is None:
-            from .policy import RouterPolicy
+            from .policy import RouterPolicy, threshold_for_pro_share
             from .scorer import RouterScorer
 
             cfg = self.cfg
-            policy = RouterPolicy(RouterScorer(), 0.5, pro_engine=cfg.pro_engine, flash_engine=cfg.flash_engine)
-            policy.threshold = (
-                cfg.threshold if cfg.threshold is not None else policy.threshold_for_pro_share(cfg.pro_share)
-            )
-            self._policy = policy
+            scorer = RouterScorer()
+            threshold = cfg.threshold if cfg.threshold is not None else \
+                threshold_for_pro_share(cfg.pro_share, scorer.score_quantiles or None)
+            self._policy = RouterPolicy(scorer, threshold, pro_engine=cfg.pro_engine, flash_engine=cfg.flash_engine)
         return self._policy
 
     def check_fields(self, req: Request) -> None:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from stepplan.routing.features import FEATURES, extract
-from stepplan.routing.policy import RouteInput, threshold_for_pro_share
+from stepplan.routing.types import RouteInput
 
 WEIGHTS_PATH = Path(__file__).with_name("weights.json")
 FORMAT = "stepplan-router/2"
@@ -232,9 +232,6 @@ class RouterScorer:
     def score(self, inp: RouteInput) -> float:
         """P(pro) in [0, 1]; higher means Pro is more likely to be worth it."""
         return self.score_features(extract(inp))
-
-    def threshold_for_pro_share(self, share: float) -> float:
-        return threshold_for_pro_share(share, self.score_quantiles)
 
 
 @lru_cache(maxsize=1)

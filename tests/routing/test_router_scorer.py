@@ -344,7 +344,7 @@ def test_threshold_for_pro_share_shipped_distribution() -> None:
     shares = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0]
     ts = [threshold_for_pro_share(x) for x in shares]
     assert all(a >= b for a, b in itertools.pairwise(ts))  # more Pro -> lower threshold
-    assert ts[4] == s.threshold_for_pro_share(0.3) == RouterPolicy(s, 0.5).threshold_for_pro_share(0.3)
+    assert ts[4] == threshold_for_pro_share(0.3, s.score_quantiles) == RouterPolicy.for_pro_share(s, 0.3).threshold
     # On a sample that follows the reference distribution the share is met.
     rng = random.Random(7)
     q = s.score_quantiles

@@ -1,0 +1,70 @@
+"""The engine registry: one engine per configured upstream, built on first use from settings.
+
+This is the only module that knows the concrete engines; they are imported when an upstream
+of their protocol is first used, so a gateway without a local model never imports llama.cpp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..settings import Settings, UpstreamConfig
+from .base import Engine
+
+EngineFactory = Callable[[UpstreamConfig], Engine]
+
+
+class EngineRegistry:
+    """One engine per configured upstream, built once at start-up."""
+
+    def __init__(self, settings: Settings, factories: dict[str, EngineFactory] | None = None):
+        self.settings = settings
+        self.factories = factories or default_factories()
+        self.engines: dict[str, Engine] = {}
+
+    def for_model(self, model_id: str) -> Engine:
+        up = self.settings.upstream_for(model_id)
+        engine = self.engines.get(up.name)
+        if engine is None:
+            engine = self.engines[up.name] = self.factories[up.protocol](up)
+        return engine
+
+    def preload(self) -> None:
+        """Let engines that run a model in process (``local``) start loading it in the
+        background, for every upstream some model is served by. Never blocks or raises."""
+        used = {self.settings.default_upstream}
+        used |= {m.upstream for m in self.settings.catalog.models.values() if m.upstream}
+        for name in sorted(used):
+            up = self.settings.upstreams[name]
+            if up.protocol != "local":
+                continue
+            engine = self.engines.get(name)
+            if engine is None:
+                engine = self.engines[name] = self.factories[up.protocol](up)
+            start = getattr(engine, "preload", None)
+            if start is not None:
+                start()
+
+    async def aclose(self) -> None:
+        for engine in self.engines.values():
+            await engine.aclose()
+        self.engines.clear()
+
+
+def default_factories() -> dict[str, EngineFactory]:
+    def openai(up: UpstreamConfig) -> Engine:
+        from .openai import OpenAIEngine
+
+        return OpenAIEngine(up)
+
+    def anthropic(up: UpstreamConfig) -> Engine:
+        from .anthropic import AnthropicEngine
+
+        return AnthropicEngine(up)
+
+    def local(up: UpstreamConfig) -> Engine:
+        from .local import LocalEngine
+
+        return LocalEngine(up)
+
+    return {"openai": openai, "anthropic": anthropic, "local": local}
