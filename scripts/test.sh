@@ -13,6 +13,7 @@ if ! codex --version 2>/dev/null | grep -q "0\.169\.0"; then  # pinned: the Resp
     || echo "warning: could not install the Codex CLI; its tests will be skipped" >&2
 fi
 .venv/bin/ruff check stepplan tests bench
+.venv/bin/mypy  # the type checker over stepplan/ ([tool.mypy] in pyproject.toml)
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 # The date-dependent tests again, on a clock pinned at each date of tests/clock.py CALENDAR_DATES
 # (month lengths, leap day, last days of months): proof that CI passes on any date.

@@ -164,8 +164,7 @@ class StreamCodec(Protocol):
 
     def end(self, billed: Usage | None = None) -> bytes: ...
 
-    @staticmethod
-    def error(body: dict[str, Any]) -> bytes: ...
+    def error(self, body: dict[str, Any]) -> bytes: ...
 
 
 async def sse_body(call: Call, enc: StreamCodec, error_body: Callable[[GatewayError], dict[str, Any]],

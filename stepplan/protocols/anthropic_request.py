@@ -575,8 +575,9 @@ def encode_request(req: Request, upstream_model: str, *, stream: bool, default_m
         tc = req.tool_choice
         choice: dict[str, Any] | None = None
         if tc is not None:
-            choice = {"auto": {"type": "auto"}, "required": {"type": "any"}, "none": {"type": "none"},
-                      "tool": {"type": "tool", "name": tc.name}}[tc.mode]
+            modes: dict[str, dict[str, Any]] = {"auto": {"type": "auto"}, "required": {"type": "any"},
+                                                "none": {"type": "none"}, "tool": {"type": "tool", "name": tc.name}}
+            choice = modes[tc.mode]
         if req.parallel_tool_calls is False:
             choice = choice or {"type": "auto"}
             if choice["type"] != "none":

@@ -318,7 +318,8 @@ class StreamEncoder:
         if isinstance(first, UsageUpdate):
             self.usage = first.usage
         u = usage_to_anthropic(self.usage or Usage())
-        msg = {"id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": [],
+        msg: dict[str, Any] = {"id": self.id, "type": "message", "role": "assistant", "model": self.model,
+                               "content": [],
                "stop_reason": None, "stop_sequence": None, "usage": u}
         return _frame("message_start", {"type": "message_start", "message": msg}) + PING
 

@@ -173,8 +173,9 @@ def _decode_tools(raw: Any) -> list[Tool]:
                 else {"type": "object", "properties": {}},
             ))
         elif isinstance(kind, str):
-            fn = t.get("function") if isinstance(t.get("function"), dict) else {}
-            tools.append(Tool(name=kind, description=fn.get("description"), parameters={}, kind=kind))
+            server_fn = t.get("function")
+            desc = server_fn.get("description") if isinstance(server_fn, dict) else None
+            tools.append(Tool(name=kind, description=desc, parameters={}, kind=kind))
         else:
             raise InvalidRequest(f"tools[{i}].type must be a string", param=f"tools[{i}].type")
     return tools

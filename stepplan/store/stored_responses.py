@@ -10,8 +10,9 @@ from sqlalchemy import delete, insert, literal, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import StoredResponse
+from .sql import rowcount, table
 
-T = StoredResponse.__table__
+T = table(StoredResponse)
 MAX_CHAIN = 1000  # previous_response_id links followed at most
 
 
@@ -61,10 +62,10 @@ async def chain(s: AsyncSession, account_id: int, id: str, now: int) -> list[dic
 async def remove(s: AsyncSession, account_id: int, id: str, now: int) -> bool:
     """Delete a live response of this account; whether there was one. Caller commits."""
     res = await s.execute(delete(T).where(T.c.id == id, T.c.account_id == account_id, T.c.expires_at > now))
-    return bool(res.rowcount)
+    return bool(rowcount(res))
 
 
 async def purge(s: AsyncSession, now: int) -> int:
     """Delete expired responses; returns how many. Caller commits."""
     res = await s.execute(delete(T).where(T.c.expires_at <= now))
-    return int(res.rowcount or 0)
+    return int(rowcount(res) or 0)
