@@ -62,6 +62,12 @@ class Settings:
     max_concurrency: int = 10_000
     log_level: str = "info"
     config_path: str | None = None
+    # observability (docs/operating.md)
+    metrics: bool = True  # [server] metrics: record Prometheus metrics and serve /metrics
+    metrics_port: int | None = None  # [server] metrics_port: serve /metrics there (no token) instead of the main port
+    metrics_host: str = "127.0.0.1"  # [server] metrics_host: address the metrics port binds to
+    metrics_account_labels: bool = False  # [server] metrics_account_labels: opt-in per-account/key series
+    log_format: str = "text"  # [server] log_format: "text" | "json"
 
     def upstream_for(self, model_id: str) -> UpstreamConfig:
         spec = self.catalog.models.get(model_id)
@@ -135,4 +141,24 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
     s.max_body_bytes = int(server.get("max_body_bytes", s.max_body_bytes))
     s.max_concurrency = int(server.get("max_concurrency", s.max_concurrency))
     s.log_level = server.get("log_level", s.log_level)
+    _observability(s, server, env)
     return s
+
+
+def _observability(s: Settings, server: dict[str, Any], env: dict[str, str]) -> None:
+    """``[server]`` keys for metrics and logs (env ``STEPPLAN_METRICS=0`` turns metrics off, for benchmarks)."""
+    metrics = env.get("STEPPLAN_METRICS")
+    s.metrics = server.get("metrics", True) if metrics is None else metrics.lower() not in ("0", "false", "off", "no")
+    if not isinstance(s.metrics, bool):
+        raise ValueError("server.metrics must be true or false")
+    port = server.get("metrics_port")
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
+        raise ValueError(f"server.metrics_port must be a TCP port number, not {port!r}")
+    s.metrics_port = port
+    s.metrics_host = str(server.get("metrics_host", s.metrics_host))
+    s.metrics_account_labels = server.get("metrics_account_labels", False)
+    if not isinstance(s.metrics_account_labels, bool):
+        raise ValueError("server.metrics_account_labels must be true or false")
+    s.log_format = env.get("STEPPLAN_LOG_FORMAT") or server.get("log_format", "text")
+    if s.log_format not in ("text", "json"):
+        raise ValueError(f"server.log_format must be \"text\" or \"json\", not {s.log_format!r}")

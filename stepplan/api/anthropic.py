@@ -29,7 +29,7 @@ async def messages(request: HTTPRequest) -> Response:
     body, size = await read_json(request, gw.settings.max_body_bytes)
     req = decode_request(body, gw.signer)
     req.session_id = session_id(request, body.get("metadata"))
-    call = await gw.start_call(req, key, trace, size)
+    call = await gw.start_call(req, key, trace, size, protocol="anthropic")
     arrived = request.scope["stepplan.t0"]
     msg_id = f"msg_{trace}"
     if not req.stream:

@@ -31,7 +31,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -46,7 +46,7 @@ from .clock import Clock, iso
 from .limits import LocalLimiter, RedisLimiter
 from .meter import Outcome, Reservation
 from .plans import BillingConfig
-from .pricing import PriceBook, Rates, credits_str
+from .pricing import MICRO, PriceBook, Rates, credits_str
 from .state import AccountState, Holds, Pot, Settlement
 
 log = logging.getLogger("stepplan.billing")
@@ -54,6 +54,12 @@ log = logging.getLogger("stepplan.billing")
 HEADER_REMAINING = "x-stepplan-credit-remaining"
 NO_SUBSCRIPTION = ("you have no active step plan subscription; subscribe to a plan first "
                    "(administrator: stepplan subscribe ACCOUNT --plan flash-mini|flash-plus|flash-pro|flash-max)")
+
+
+class LedgerObserver(Protocol):
+    def ledger_batch(self, entries: int, seconds: float) -> None: ...
+
+    def ledger_entry(self, entry: dict[str, Any], plan: str | None, charged: int, uncollected: int) -> None: ...
 
 
 @dataclass(slots=True)
@@ -99,6 +105,46 @@ class CreditMeter:
         self.writer = writer_for(settings.database_url, sessions)
         self.stats = {"batches": 0, "entries": 0, "leases": 0, "returns": 0, "reaped": 0, "direct": 0,
                       "extra": 0}
+        # Told about every durable ledger entry and group commit (metrics); see LedgerObserver.
+        self.observer: LedgerObserver | None = None
+        self._progress = time.monotonic()  # the last ledger write, or when the queue last became non-empty
+
+    def gauges(self) -> dict[str, float]:
+        """This process's state for metrics: reservations in flight, Credit leased and not yet used
+        (in Credit), and ledger entries waiting for the group commit."""
+        held = sum(p.leased for acct in self._accounts.values() for p in acct.pots.values() if p.leased > 0)
+        return {"reservations_in_flight": len(self._inflight), "lease_credit_held": held / MICRO,
+                "ledger_queue_depth": len(self._queue)}
+
+    def writer_health(self, stall_seconds: float) -> tuple[bool, str]:
+        """Whether the ledger writer (group commit) runs and its queue moves (readiness)."""
+        task = self._writer
+        if task is None:
+            return False, "the ledger writer has not started"
+        if task.done():
+            exc = None if task.cancelled() else task.exception()
+            return False, f"the ledger writer stopped{f': {exc!r}' if exc else ''}"
+        if self._queue and time.monotonic() - self._progress > stall_seconds:
+            return False, (f"{len(self._queue)} ledger entries queued and no write for "
+                           f"{time.monotonic() - self._progress:.0f}s")
+        return True, f"running, {len(self._queue)} queued"
+
+    def _written(self, pending: list[_Pending], got: dict[int, int], seconds: float | None) -> None:
+        """Tell the observer what was charged (final: after the extras the transaction collected)."""
+        self._progress = time.monotonic()
+        obs = self.observer
+        if obs is None:
+            return
+        try:
+            if seconds is not None:
+                obs.ledger_batch(len(pending), seconds)
+            for p in pending:
+                e = p.entry
+                extra = got.get(id(e), 0)
+                plan = p.acct.plan.id if p.acct is not None and p.acct.plan is not None else None
+                obs.ledger_entry(e, plan, e["charged"] + extra, e["uncollected"] - extra)
+        except Exception:  # metrics must never break settlement
+            log.exception("ledger observer failed")
 
     # ================================================================== life cycle
     async def start(self) -> None:
@@ -289,6 +335,7 @@ class CreditMeter:
         u = outcome.usage
         rates = self.prices.rates(outcome.served.id, started)
         cost = rates.cost(u)
+        d["cost"] = cost  # for the call's log record
         self._active = mono = time.monotonic()
         st = acct.settle(holds, cost, now, mono)
         self.limiter.leave(acct.account_id)
@@ -307,6 +354,8 @@ class CreditMeter:
         pending = _Pending(entry, st, fut, acct)
         if self._write_now(pending):
             return fut
+        if not self._queue:
+            self._progress = time.monotonic()
         self._queue.append(pending)
         if self._writer is None or self._writer.done():  # shutting down: write it on its own
             task = loop.create_task(self._drain())
@@ -327,6 +376,7 @@ class CreditMeter:
                 or self.cfg.commit_interval > 0 or self._writer is None or self._writer.done()):
             return False
         entries, charges, converted, extras = self._batch_rows([p])
+        t = time.perf_counter()
         try:
             write_now(self.owner, entries, charges, converted, int(time.time()), extras)
         except Exception:
@@ -334,6 +384,7 @@ class CreditMeter:
         self.stats["batches"] += 1
         self.stats["entries"] += 1
         self._report_extras(extras)
+        self._written([p], {id(x.entry): x.got for x in extras}, time.perf_counter() - t)
         p.fut.set_result(None)
         return True
 
@@ -388,11 +439,13 @@ class CreditMeter:
         pending = [p for p in batch if not p.st.direct]
         while pending:
             entries, charges, converted, extras = self._batch_rows(pending)
+            t = time.perf_counter()
             try:
                 await self.writer.write(self.owner, entries, charges, converted, int(time.time()), extras)
                 self.stats["batches"] += 1
                 self.stats["entries"] += len(pending)
                 self._report_extras(extras)
+                self._written(pending, {id(x.entry): x.got for x in extras}, time.perf_counter() - t)
                 break
             except ledger.LeaseLost as exc:
                 log.error("lease on pot %s is gone (this process was reaped); settling directly", exc.pot_id)
@@ -520,6 +573,7 @@ class CreditMeter:
                     await ledger.write_entry(s, {**e, "charged": charged, "uncollected": left,
                                                  "pot_id": first[0], "pot_amount": first[1]}, rows)
                     await s.commit()
+                self._written([p], {id(e): charged - e["charged"]}, None)
                 return
             except IntegrityError:
                 async with self.sessions() as s:

@@ -93,7 +93,13 @@ def serve(ctx: click.Context, config: str | None, host: str, port: int, workers:
         os.environ["STEPPLAN_CONFIG"] = os.path.abspath(ctx.obj["config"])
     level = (log_level or settings.log_level).lower()
     os.environ["STEPPLAN_LOG_LEVEL"] = level
-    setup_logging(level)
+    setup_logging(level, settings.log_format)
+    metrics_dir = None
+    if settings.metrics:
+        from ..observability.metrics import prepare_multiprocess_dir
+
+        # before prometheus-client is imported anywhere in this process or a worker
+        metrics_dir = prepare_multiprocess_dir()
 
     async def prepare() -> None:
         engine = make_engine(settings.database_url)
@@ -104,10 +110,30 @@ def serve(ctx: click.Context, config: str | None, host: str, port: int, workers:
     asyncio.run(prepare())  # migrate once, before any worker starts
     click.echo(f"stepplan listening on http://{host}:{port} (workers={workers}, db={settings.database_url})",
                err=True)
-    uvicorn.run("stepplan.app:app_factory", factory=True, host=host, port=port, workers=workers,
-                loop="uvloop", http="httptools", log_level="warning" if level == "info" else level,
-                access_log=False, timeout_keep_alive=75, backlog=4096,
-                proxy_headers=False)  # client addresses are not used: skip the per-request middleware
+    metrics_server = None
+    if metrics_dir is not None and settings.metrics_port:
+        from ..observability.metrics import start_metrics_server
+
+        try:
+            metrics_server = start_metrics_server(settings.metrics_host, settings.metrics_port)
+        except OSError as exc:
+            fail(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: {exc}")
+        click.echo(f"metrics on http://{settings.metrics_host}:{settings.metrics_port}/metrics", err=True)
+    # JSON logs: uvicorn's own records go through the root logger's JSON formatter too
+    extra: dict[str, Any] = {"log_config": None} if settings.log_format == "json" else {}
+    try:
+        uvicorn.run("stepplan.app:app_factory", factory=True, host=host, port=port, workers=workers,
+                    loop="uvloop", http="httptools", log_level="warning" if level == "info" else level,
+                    access_log=False, timeout_keep_alive=75, backlog=4096,
+                    proxy_headers=False,  # client addresses are not used: skip the per-request middleware
+                    **extra)
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        if metrics_dir is not None:
+            from ..observability.metrics import remove_multiprocess_dir
+
+            remove_multiprocess_dir(metrics_dir)
 
 
 # ------------------------------------------------------------------ accounts and keys
