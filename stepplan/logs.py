@@ -165,6 +165,8 @@ def setup_logging(level: str, fmt: str = "text") -> None:
     handler = _batching = BatchingHandler()
     handler.setFormatter(formatter)
     root.handlers[:] = [handler]
+    if json_format:
+        logging.captureWarnings(True)  # Python warnings become (JSON) log records too
     import atexit
 
     atexit.register(handler.flush)

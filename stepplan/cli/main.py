@@ -53,6 +53,13 @@ def raise_fd_limit() -> None:
             pass
 
 
+def _safe_url(url: str) -> str:
+    """A database URL without its password."""
+    import re
+
+    return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", url)
+
+
 def fail(message: str) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
@@ -94,6 +101,9 @@ def serve(ctx: click.Context, config: str | None, host: str, port: int, workers:
     level = (log_level or settings.log_level).lower()
     os.environ["STEPPLAN_LOG_LEVEL"] = level
     setup_logging(level, settings.log_format)
+    from ..logs import add_secrets
+
+    add_secrets([settings.admin_token, settings.secret, *(u.api_key for u in settings.upstreams.values())])
     metrics_dir = None
     if settings.metrics:
         from ..observability.metrics import prepare_multiprocess_dir
@@ -108,8 +118,15 @@ def serve(ctx: click.Context, config: str | None, host: str, port: int, workers:
 
     raise_fd_limit()  # every open stream holds two sockets: the client's and the upstream's
     asyncio.run(prepare())  # migrate once, before any worker starts
-    click.echo(f"stepplan listening on http://{host}:{port} (workers={workers}, db={settings.database_url})",
-               err=True)
+    def say(message: str) -> None:  # JSON logs: start-up lines are log records too
+        if settings.log_format == "json":
+            import logging
+
+            logging.getLogger("stepplan").warning("%s", message)
+        else:
+            click.echo(message, err=True)
+
+    say(f"stepplan listening on http://{host}:{port} (workers={workers}, db={_safe_url(settings.database_url)})")
     metrics_server = None
     if metrics_dir is not None and settings.metrics_port:
         from ..observability.metrics import start_metrics_server
@@ -118,7 +135,7 @@ def serve(ctx: click.Context, config: str | None, host: str, port: int, workers:
             metrics_server = start_metrics_server(settings.metrics_host, settings.metrics_port)
         except OSError as exc:
             fail(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: {exc}")
-        click.echo(f"metrics on http://{settings.metrics_host}:{settings.metrics_port}/metrics", err=True)
+        say(f"metrics on http://{settings.metrics_host}:{settings.metrics_port}/metrics")
     # JSON logs: uvicorn's own records go through the root logger's JSON formatter too
     extra: dict[str, Any] = {"log_config": None} if settings.log_format == "json" else {}
     try:
