@@ -73,7 +73,9 @@ def _provider_from_env() -> Any:
     if kind == "console":
         exporter = ConsoleSpanExporter()
     elif os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf").startswith("grpc"):
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[import-not-found]
+            OTLPSpanExporter as GrpcExporter,
+        )
 
         exporter = GrpcExporter()
     else:
