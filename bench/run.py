@@ -18,6 +18,10 @@ Scenarios (identical settings for every target):
 * ``anthropic_sse`` -- Anthropic ``/v1/messages`` streaming client. On stepplan and LiteLLM the
                        upstream is the OpenAI fake (so it is translated); ``direct`` and ``passthrough``
                        forward to the fake's native Anthropic endpoint (no translation).
+* ``responses_json`` / ``responses_sse`` -- the same call on the OpenAI Responses API
+                       (``/step_plan/v1/responses``, ``store: false`` like Codex), non-streaming and
+                       streaming; stepplan only (the other targets do not serve it). Compare with
+                       ``openai_json`` / ``openai_sse`` on the same run.
 * ``open_streams``  -- N concurrent slow streams; how many are held, RSS growth per stream.
 
 Results: a markdown table on stdout, raw JSON in ``bench/results/latest.json`` and a
@@ -66,7 +70,7 @@ MODEL = "step-3.5-flash"
 LITELLM_KEY = "sk-bench-master"
 DOC_START = "<!-- bench:run.py:start -->"
 DOC_END = "<!-- bench:run.py:end -->"
-SCENARIOS = ("openai_json", "openai_sse", "anthropic_sse")
+SCENARIOS = ("openai_json", "openai_sse", "anthropic_sse", "responses_json", "responses_sse")
 ALL_TARGETS = ("direct", "passthrough", "litellm", "stepplan")
 # Run only when named in --targets: stepplan with metrics off (STEPPLAN_METRICS=0), for the cost of metrics.
 EXTRA_TARGETS = ("stepplan-nometrics",)
@@ -96,11 +100,20 @@ def bodies() -> dict[str, bytes]:
         "messages": [MESSAGES[1]],
         "stream": True,
     }
+    responses = {
+        "model": MODEL,
+        "instructions": MESSAGES[0]["content"],
+        "input": [{"role": "user", "content": MESSAGES[1]["content"]}],
+        "max_output_tokens": 64,
+        "store": False,
+    }
     enc = json.dumps
     return {
         "openai_json": enc(openai).encode(),
         "openai_sse": enc(stream).encode(),
         "anthropic_sse": enc(anthropic).encode(),
+        "responses_json": enc(responses).encode(),
+        "responses_sse": enc({**responses, "stream": True}).encode(),
     }
 
 
@@ -269,6 +282,8 @@ def _keyed_headers(key: str) -> dict[str, dict[str, str]]:
         "openai_json": bearer,
         "openai_sse": bearer,
         "anthropic_sse": {**ct, "x-api-key": key, "anthropic-version": "2023-06-01"},
+        "responses_json": bearer,
+        "responses_sse": bearer,
     }
 
 
@@ -420,6 +435,8 @@ def start_stepplan(env: Env, slow: bool, metrics: bool = True) -> Target:
         "openai_json": "/step_plan/v1/chat/completions",
         "openai_sse": "/step_plan/v1/chat/completions",
         "anthropic_sse": "/step_plan/v1/messages",
+        "responses_json": "/step_plan/v1/responses",
+        "responses_sse": "/step_plan/v1/responses",
     }
     return Target(name, port, proc, paths, _keyed_headers(env.stepplan_key), secs)
 
@@ -436,13 +453,16 @@ STARTERS = {
 # --------------------------------------------------------------------------- load
 def check_scenario(t: Target, scenario: str, body: bytes, probes: int) -> dict[str, Any]:
     """Send ``probes`` sequential requests; verify the first one; collect the overhead header."""
+    if scenario not in t.paths:
+        return {"ok": False, "why": "not served by this target"}
     overheads: list[float] = []
     for i in range(probes):
         status, headers, data = http_request(t.port, "POST", t.paths[scenario], body, t.headers[scenario])
         if i == 0:
             if status != 200:
                 return {"ok": False, "why": f"HTTP {status}: {data[:300]!r}"}
-            if scenario.endswith("_sse") and not (b"[DONE]" in data[-64:] or b"message_stop" in data[-64:]):
+            if scenario.endswith("_sse") and not any(m in data[-64:] for m in (b"[DONE]", b"message_stop",
+                                                                                 b'"response.completed"}')):
                 return {"ok": False, "why": f"stream did not finish properly: ...{data[-200:]!r}"}
         if "x-stepplan-overhead-ms" in headers:
             with contextlib.suppress(ValueError):

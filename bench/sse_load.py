@@ -19,7 +19,8 @@ Anthropic ``content_block_delta``), and the p50 of the
 ``x-stepplan-overhead-ms`` response header when the target sends it.
 
 A stream counts as an error (``incomplete_stream``) unless it ends with
-``data: [DONE]`` (OpenAI) or a ``message_stop`` event (Anthropic). Only
+``data: [DONE]`` (OpenAI), a ``message_stop`` event (Anthropic) or a ``response.completed``
+event (OpenAI Responses; a ``"delta"`` there is a token). Only
 127.0.0.1 / localhost targets are accepted.
 """
 
@@ -39,8 +40,9 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-TOKEN_RE = re.compile(rb'"(?:reasoning_)?content": ?"[^"]|"reasoning": ?"[^"]|content_block_delta|"tool_calls": ?\[\{')
-END_MARKERS = (b"data: [DONE]", b"data:[DONE]", b"message_stop")
+TOKEN_RE = re.compile(rb'"(?:reasoning_)?content": ?"[^"]|"reasoning": ?"[^"]|content_block_delta|"tool_calls": ?\[\{'
+                      rb'|"delta": ?"[^"]')
+END_MARKERS = (b"data: [DONE]", b"data:[DONE]", b"message_stop", b'"response.completed"}', b'"response.incomplete"}')
 OVERHEAD_HEADER = "x-stepplan-overhead-ms"
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 

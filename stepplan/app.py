@@ -16,6 +16,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .api import openai as openai_api
+from .api import openai_responses as responses_api
 from .api.common import error_response, is_anthropic_path, new_trace_id
 from .api.responses import JSONResponse
 from .auth import Authenticator
@@ -42,6 +43,7 @@ Handler = Callable[[HTTPRequest], Awaitable[Response]]
 MODEL_ROUTES: dict[str, str] = {
     "/step_plan/v1/chat/completions": "openai",
     "/step_plan/v1/messages": "anthropic",
+    "/step_plan/v1/responses": "responses",
 }
 
 
@@ -152,7 +154,7 @@ class TraceAndLimit:
 
 
 # Model calls: served by HotPath straight from the route table (same handlers, no second registration).
-HOT_PATHS = frozenset({"/step_plan/v1/chat/completions", "/step_plan/v1/messages"})
+HOT_PATHS = frozenset({"/step_plan/v1/chat/completions", "/step_plan/v1/messages", "/step_plan/v1/responses"})
 
 
 class HotPath:
@@ -242,6 +244,7 @@ def routes() -> list[Route]:
         Route("/step_plan/v1/models/{model:path}", guarded(openai_api.get_model), methods=["GET"]),
     ]
     r += [Route(p, guarded(h, MODEL_ROUTES.get(p)), methods=m) for p, h, m in anthropic_api.ROUTES]
+    r += [Route(p, guarded(h, MODEL_ROUTES.get(p)), methods=m) for p, h, m in responses_api.ROUTES]
     r += [Route(p, guarded(h), methods=m) for p, h, m in usage_api.ROUTES]
     r += [Route(p, guarded(h), methods=m) for p, h, m in admin_api.ROUTES]
     return r
@@ -304,6 +307,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> ASG
         gateway = Gateway(settings, auth, engines, meter, Signer(secret), router, CallObserver(metrics))
         await gateway.reasoning.start(sessions)
         app.state.gateway = gateway
+        app.state.responses = responses_api.ResponsesState(settings, sessions, secret)
         app.state.sessions = sessions
         app.state.settings = settings
         app.state.metrics = metrics

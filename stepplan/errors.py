@@ -50,7 +50,8 @@ class GatewayError(Exception):
     def anthropic_body(self, trace_id: str) -> dict[str, Any]:
         return {
             "type": "error",
-            "error": {"type": self.anthropic_type, "message": f"{self.code}: {self.message}"},
+            "error": {"type": self.anthropic_type, "message": self.message if self.message.startswith(
+                f"{self.code}:") else f"{self.code}: {self.message}"},
             "request_id": trace_id,
         }
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from functools import partial
 
@@ -123,11 +123,11 @@ class Call:
     settlement: Awaitable[None] | None = None  # the meter's durability awaitable, set when the call settles
     upstream_s: float = 0.0  # time spent waiting on upstreams (to the first event, for streams)
     usage: Usage | None = None  # the billed usage, set when the call settles
-    _events: AsyncIterator[Event] | None = None
+    _events: AsyncGenerator[Event, None] | None = None
     _first: Event | None = None
     _recorded: Awaitable[None] | None = None  # the reasoning record's write, when the call made tool calls
     views: dict[str, Request] | None = None  # router calls: what each engine receives (by engine id)
-    protocol: str = "openai"  # the client protocol (metrics label, ledger)
+    protocol: str = "openai"  # the client protocol, recorded on the ledger entry (and the metrics label)
     error_code: str | None = None  # the StepFun code of the last upstream failure (metrics, logs)
     finish: str | None = None  # the finish reason (traces)
 
@@ -179,7 +179,7 @@ class Call:
         outcome = Outcome(
             served=self.served_model, usage=usage, status=status, route_score=self.route.score,
             first_byte_ms=None if first_byte is None else (first_byte - self.t0) * 1000,
-            total_ms=(now - self.t0) * 1000,
+            total_ms=(now - self.t0) * 1000, protocol=self.protocol,
         )
         self.usage = usage
         self.settlement = self.gateway.meter.settle(self.reservation, outcome)
@@ -269,7 +269,7 @@ class Call:
         self._events = events
         return self._first
 
-    async def stream(self) -> AsyncIterator[Event | Settled]:
+    async def stream(self) -> AsyncGenerator[Event | Settled, None]:
         """After :meth:`open`: the first event, the rest as they arrive, and last a
         :class:`Settled` once the ledger entry is durable. Closing it early (the client went
         away) cancels the upstream call and settles what was delivered."""
@@ -288,7 +288,7 @@ class Call:
             await self._recorded  # the reasoning behind its tool calls, for the next turn on any worker
         yield Settled(self.usage or Usage())
 
-    async def _run_stream(self) -> AsyncIterator[Event]:
+    async def _run_stream(self) -> AsyncGenerator[Event, None]:
         """Canonical events as they arrive from the first engine that answers; settles exactly
         once however the stream ends."""
         usage: Usage | None = None

@@ -56,10 +56,16 @@ class Settings:
     catalog: Catalog = field(default_factory=Catalog.build)
     router: RouterConfig = field(default_factory=RouterConfig)
     billing: dict[str, Any] = field(default_factory=dict)
+    responses: dict[str, Any] = field(default_factory=dict)  # [responses]: retention, previous secrets
     admin_token: str | None = None
     secret: str | None = None
     max_body_bytes: int = 32 * 1024 * 1024
     max_concurrency: int = 10_000
+    # client connections (stepplan.http_guard): header count/size limits, header and body timeouts
+    max_headers: int = 100
+    max_header_bytes: int = 64 * 1024
+    header_timeout: float = 15.0
+    body_timeout: float = 120.0
     log_level: str = "info"
     config_path: str | None = None
     # observability (docs/operating.md)
@@ -136,10 +142,15 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
     r = raw.get("router", {})
     s.router = RouterConfig(**r)
     s.billing = raw.get("billing", {})
+    s.responses = raw.get("responses", {})
     s.admin_token = env.get("STEPPLAN_ADMIN_TOKEN") or server.get("admin_token")
     s.secret = env.get("STEPPLAN_SECRET") or server.get("secret")
     s.max_body_bytes = int(server.get("max_body_bytes", s.max_body_bytes))
     s.max_concurrency = int(server.get("max_concurrency", s.max_concurrency))
+    s.max_headers = int(server.get("max_headers", s.max_headers))
+    s.max_header_bytes = int(server.get("max_header_bytes", s.max_header_bytes))
+    s.header_timeout = float(server.get("header_timeout", s.header_timeout))
+    s.body_timeout = float(server.get("body_timeout", s.body_timeout))
     s.log_level = server.get("log_level", s.log_level)
     _observability(s, server, env)
     return s

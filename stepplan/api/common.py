@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import orjson
+from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HTTPRequest
 
 from ..errors import ClientClosed, GatewayError, InvalidRequest, PayloadTooLarge
@@ -43,18 +44,48 @@ async def read_json(request: HTTPRequest, limit: int) -> tuple[Any, int]:
         raise PayloadTooLarge(f"request body is larger than the {limit} byte limit")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body is larger than the {limit} byte limit")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body is larger than the {limit} byte limit")
+            chunks.append(chunk)
+    except ClientDisconnect:  # a normal event (the client gave up while sending), not a server error
+        raise ClientClosed("the client closed the connection while sending the request body") from None
     raw = b"".join(chunks)
     if not raw:
         raise InvalidRequest("request body is empty; send a JSON object")
     try:
-        return orjson.loads(raw), size
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"malformed JSON body: {exc}") from exc
+    try:  # what the gateway forwards must serialize again (orjson nests 254 levels deep, parses 1,024)
+        orjson.dumps(body)
+    except orjson.JSONEncodeError as exc:
+        where = too_deep(body, MAX_DEPTH)
+        if where is not None:
+            raise InvalidRequest(f"'{where}' is nested more than {MAX_DEPTH} levels deep", param=where) from exc
+        raise InvalidRequest(f"the JSON body cannot be forwarded: {exc}") from exc
+    return body, size
+
+
+MAX_DEPTH = 200  # objects and arrays nested deeper than this are refused (JSON Schema needs a handful)
+
+
+def too_deep(v: Any, limit: int) -> str | None:
+    """The path of the first value nested more than ``limit`` levels deep, e.g.
+    ``tools[0].function.parameters.properties.a…``; None when there is none."""
+    stack: list[tuple[Any, str, int]] = [(v, "", 0)]
+    while stack:
+        node, path, depth = stack.pop()
+        if depth > limit:
+            parts = path.split(".")
+            return ".".join(parts[:6]) + ("…" if len(parts) > 6 else "")
+        if isinstance(node, dict):
+            stack.extend((x, f"{path}.{k}" if path else str(k), depth + 1) for k, x in node.items())
+        elif isinstance(node, list):
+            stack.extend((x, f"{path}[{i}]", depth + 1) for i, x in enumerate(node))
+    return None
 
 
 async def authenticate(request: HTTPRequest) -> KeyInfo:
@@ -162,4 +193,4 @@ async def sse_body(call: Call, enc: StreamCodec, error_body: Callable[[GatewayEr
         log.exception("trace=%s stream failed", trace)
         yield enc.error(error_body(GatewayError(f"internal error; quote trace id {trace} when reporting it")))
     finally:
-        await stream.aclose()  # type: ignore[attr-defined]
+        await stream.aclose()

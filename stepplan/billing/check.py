@@ -14,8 +14,9 @@ Checked, all with aggregate SQL (no table is loaded into memory):
    heartbeat is older than the TTL, or that has no owner row): such a lease would be
    leaked credit. A running gateway reclaims these at start-up and every sweep;
 5. no lease is held by a live process that, as of its last heartbeat, had nothing in
-   flight for longer than the idle-return time (plus 2 s of clock granularity): such a
-   process returns every idle lease, so one still held is credit stranded by a bug.
+   flight for longer than the idle-return time (plus 2 s of clock granularity), where the
+   lease is older than that heartbeat: such a process returns every idle lease, so one
+   still held is credit stranded by a bug.
 """
 
 from __future__ import annotations
@@ -132,6 +133,11 @@ async def _leases(s: AsyncSession, r: Report, owner_ttl: float, idle_seconds: fl
     owners = {o.owner: o for o in (await s.execute(select(MeterOwner))).scalars()}
     wall, host = int(time.time()), ledger.host_id()
     q = select(CreditLease.owner, func.count(), func.sum(CreditLease.amount)).group_by(CreditLease.owner)
+    # per owner: leases unchanged since before its last heartbeat (that heartbeat's idle report covers them)
+    stale = dict((await s.execute(
+        select(CreditLease.owner, func.sum(CreditLease.amount)).join(MeterOwner, MeterOwner.owner == CreditLease.owner)
+        .where(CreditLease.updated_at < MeterOwner.heartbeat_at, CreditLease.amount > 0)
+        .group_by(CreditLease.owner))).all())
     live = 0
     for owner, n, amount in (await s.execute(q)).all():
         o = owners.get(owner)
@@ -143,8 +149,9 @@ async def _leases(s: AsyncSession, r: Report, owner_ttl: float, idle_seconds: fl
         else:
             live += int(amount or 0)
             idle = o.heartbeat_at - o.idle_since if o.idle_since is not None and not o.inflight else 0
-            if amount and idle > idle_seconds + 2:
-                r.add(f"{n} lease(s) for {amount} micro-credits held by live process {owner[:12]} (pid {o.pid} on "
+            held = int(stale.get(owner) or 0)  # a lease taken after the heartbeat is not judged by it
+            if held and idle > idle_seconds + 2:
+                r.add(f"lease(s) for {held} micro-credits held by live process {owner[:12]} (pid {o.pid} on "
                       f"{o.host}) with nothing in flight for {idle} s (stranded: idle leases are returned after "
                       f"{idle_seconds:g} s)")
     r.stats["live_processes"] = len(owners)

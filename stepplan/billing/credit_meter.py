@@ -349,7 +349,7 @@ class CreditMeter:
             "charged": st.charge, "uncollected": cost - st.charge, "reserved": res.amount,
             "status": outcome.status[:24], "route_score": outcome.route_score,
             "first_byte_ms": outcome.first_byte_ms, "total_ms": outcome.total_ms, "started_at": started,
-            "created_at": now,
+            "created_at": now, "protocol": outcome.protocol[:16],
         }
         pending = _Pending(entry, st, fut, acct)
         if self._write_now(pending):

@@ -38,6 +38,7 @@ class Outcome:
     route_score: float | None = None
     first_byte_ms: float | None = None
     total_ms: float | None = None
+    protocol: str = "openai"  # the client protocol: openai | anthropic | responses
 
 
 class Meter(Protocol):

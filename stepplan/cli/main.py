@@ -136,14 +136,28 @@ def serve(ctx: click.Context, config: str | None, host: str, port: int, workers:
         except OSError as exc:
             fail(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: {exc}")
         say(f"metrics on http://{settings.metrics_host}:{settings.metrics_port}/metrics")
+    from uvicorn.supervisors import Multiprocess
+
+    from ..http_guard import GuardedHttpToolsProtocol, Limits
+
     # JSON logs: uvicorn's own records go through the root logger's JSON formatter too
     extra: dict[str, Any] = {"log_config": None} if settings.log_format == "json" else {}
-    try:
-        uvicorn.run("stepplan.app:app_factory", factory=True, host=host, port=port, workers=workers,
-                    loop="uvloop", http="httptools", log_level="warning" if level == "info" else level,
-                    access_log=False, timeout_keep_alive=75, backlog=4096,
-                    proxy_headers=False,  # client addresses are not used: skip the per-request middleware
-                    **extra)
+    cfg = uvicorn.Config("stepplan.app:app_factory", factory=True, host=host, port=port, workers=workers,
+                         loop="uvloop", http=GuardedHttpToolsProtocol,
+                         log_level="warning" if level == "info" else level, access_log=False,
+                         timeout_keep_alive=75, backlog=4096,
+                         proxy_headers=False,  # client addresses are not used: skip the per-request middleware
+                         **extra)
+    cfg.stepplan_limits = Limits(settings.max_headers, settings.max_header_bytes,  # type: ignore[attr-defined]
+                                 settings.header_timeout, settings.body_timeout)
+    server = uvicorn.Server(cfg)
+    try:  # what uvicorn.run does, with our Config (it travels to each worker process)
+        if workers > 1:
+            Multiprocess(cfg, sockets=[cfg.bind_socket()]).run()
+        else:
+            server.run()
+    except KeyboardInterrupt:
+        pass
     finally:
         if metrics_server is not None:
             metrics_server.shutdown()
@@ -151,6 +165,8 @@ def serve(ctx: click.Context, config: str | None, host: str, port: int, workers:
             from ..observability.metrics import remove_multiprocess_dir
 
             remove_multiprocess_dir(metrics_dir)
+    if workers == 1 and not server.started:
+        sys.exit(3)  # uvicorn's start-up failure code
 
 
 # ------------------------------------------------------------------ accounts and keys

@@ -8,6 +8,8 @@ import orjson
 
 from ..errors import InvalidRequest
 
+INT64 = 2**63  # integers the gateway forwards must fit 64 bits (JSON encoders and upstreams refuse more)
+
 
 def obj(v: Any, name: str) -> dict[str, Any]:
     if not isinstance(v, dict):
@@ -50,10 +52,13 @@ def opt_int(d: dict[str, Any], key: str, lo: int | None = None, hi: int | None =
         return None
     n = name or key
     if isinstance(v, bool) or not isinstance(v, int):
-        if isinstance(v, float) and v.is_integer():
+        if isinstance(v, float) and v.is_integer() and abs(v) < INT64:
             v = int(v)
         else:
-            raise InvalidRequest(f"'{n}' must be an integer", param=n)
+            raise InvalidRequest(f"'{n}' must be an integer" + (" within the 64-bit range" if isinstance(v, float)
+                                                                else ""), param=n)
+    if not -INT64 <= v < INT64:
+        raise InvalidRequest(f"'{n}' must be an integer within the 64-bit range", param=n)
     if lo is not None and v < lo:
         raise InvalidRequest(f"'{n}' must be >= {lo}", param=n)
     if hi is not None and v > hi:

@@ -59,7 +59,11 @@ def _decode_part(part: Any, where: str) -> Block:
         if isinstance(vu, str):
             vu = {"url": vu}
         vu = c.obj(vu, f"{where}.video_url")
-        return Video(c.string(vu.get("url"), f"{where}.video_url.url"))
+        url = c.string(vu.get("url"), f"{where}.video_url.url")
+        if not url.startswith(("http://", "https://", "data:video/")):
+            raise InvalidRequest("video_url.url must be an http(s) URL or a data:video/ URL",
+                                 param=f"{where}.video_url.url")
+        return Video(url)
     if kind == "input_audio":
         ia = c.obj(p.get("input_audio"), f"{where}.input_audio")
         return Audio(c.string(ia.get("data"), f"{where}.input_audio.data"), c.opt_str(ia, "format"))

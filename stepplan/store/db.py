@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 
@@ -26,9 +30,26 @@ def is_sqlite(url: str) -> bool:
     return async_url(url).startswith("sqlite")
 
 
+def private_file(url: str) -> None:
+    """Create a SQLite database file (and its WAL and shared-memory files) readable by its owner
+    only: it holds key hashes and the signing secret. Existing files are tightened too."""
+    db = make_url(url).database
+    if not db or db == ":memory:" or db.startswith("file:"):
+        return
+    path = Path(db)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    for p in (path, Path(f"{db}-wal"), Path(f"{db}-shm")):
+        with contextlib.suppress(OSError):
+            if p.exists() and p.stat().st_mode & 0o077:
+                p.chmod(0o600)
+
+
 def make_engine(url: str, **kw: Any) -> AsyncEngine:
     url = async_url(url)
     if url.startswith("sqlite"):
+        private_file(url)
         engine = create_async_engine(url, connect_args={"timeout": 30}, **kw)
 
         @event.listens_for(engine.sync_engine, "connect")

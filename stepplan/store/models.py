@@ -169,6 +169,8 @@ class UsageEntry(Base):
     total_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     started_at: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[int] = mapped_column(BigInteger)
+    # The client protocol of the call: openai (chat completions) | anthropic | responses.
+    protocol: Mapped[str] = mapped_column(String(16), default="openai", server_default="openai")
 
     __table_args__ = (
         CheckConstraint("charged >= 0 AND uncollected >= 0 AND charged + uncollected = cost",
@@ -214,4 +216,20 @@ class ReasoningRecord(Base):
     __tablename__ = "reasoning_records"
     call_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     reasoning: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+class StoredResponse(Base):
+    """A Responses API answer kept for ``previous_response_id`` and ``GET /responses/{id}`` (``store``
+    true), visible to its account only; deleted by the client or when it expires."""
+
+    __tablename__ = "stored_responses"
+    id: Mapped[str] = mapped_column(String(80), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), index=True)
+    previous_response_id: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    model: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(24))
+    input_items: Mapped[str] = mapped_column(Text)  # JSON array: this request's input items, with ids
+    response: Mapped[str] = mapped_column(Text)  # JSON: the response object, reasoning sealed
+    created_at: Mapped[int] = mapped_column(BigInteger)
     expires_at: Mapped[int] = mapped_column(BigInteger, index=True)

@@ -154,3 +154,24 @@ def test_metrics_off_means_no_endpoint(tmp_path: Path, fake: FakeUpstream) -> No
         assert r.status_code == 404
     finally:
         gw.stop()
+
+
+def test_a_third_protocol_is_its_own_label(mgw: Gateway) -> None:
+    """The Responses API route counts under protocol="responses" (the label comes from the route table)."""
+    _, key = Admin(mgw).account()
+    url = f"{mgw.url}/metrics"
+    before = scrape(url, ADMIN_HEADERS)
+    r = httpx.post(f"{mgw.openai_base}/responses", json={"model": MODEL, "input": "hello"},
+                   headers={"authorization": f"Bearer {key}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    bad = httpx.post(f"{mgw.openai_base}/responses", json={"model": MODEL, "input": "hello"},
+                     headers={"authorization": "Bearer sk-step-wrong"}, timeout=30)
+    assert bad.status_code == 401
+    after = scrape(url, ADMIN_HEADERS)
+    req = "stepplan_requests_total"
+    assert value(after, req, protocol="responses", model=MODEL, served_model=MODEL, code="ok") - value(
+        before, req, protocol="responses", model=MODEL, served_model=MODEL, code="ok") == 1
+    assert value(after, req, protocol="responses", code="invalid_api_key") - value(
+        before, req, protocol="responses", code="invalid_api_key") == 1
+    assert value(after, "stepplan_tokens_total", model=MODEL, type="output") - value(
+        before, "stepplan_tokens_total", model=MODEL, type="output") == 7

@@ -1,0 +1,146 @@
+"""Limits on what a client connection may do before the application sees a request.
+
+uvicorn's httptools protocol accepts any number of headers of any size and waits for ever
+for headers or a body that trickle in (slow-loris). :class:`GuardedHttpToolsProtocol` is the
+same protocol with four limits (defaults in :class:`Limits`, set from ``[server]``):
+
+* ``max_headers`` and ``max_header_bytes`` (names + values of one request): exceeded → 431;
+* ``header_timeout``: a connection must deliver a request's complete headers this many seconds
+  after it opened (or after the previous response) → otherwise 408 and closed;
+* ``body_timeout``: a request's body must be complete this many seconds after its headers → 408.
+
+A request the HTTP parser rejects (a DEL in a header, smuggling with both ``Content-Length``
+and ``Transfer-Encoding``, a lying ``Content-Length``) gets a JSON error in the protocol of its
+path (OpenAI or Anthropic shape) instead of uvicorn's plain-text 400.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+REASONS = {400: b"Bad Request", 408: b"Request Timeout", 413: b"Content Too Large",
+           431: b"Request Header Fields Too Large"}
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_headers: int = 100
+    max_header_bytes: int = 64 * 1024
+    header_timeout: float = 15.0
+    body_timeout: float = 120.0
+
+
+def error_bytes(status: int, code: str, message: str, path: bytes) -> bytes:
+    """A complete HTTP/1.1 error response in the caller's protocol, closing the connection."""
+    if b"/messages" in path:
+        kind = {400: "invalid_request_error", 408: "timeout_error", 413: "request_too_large",
+                431: "invalid_request_error"}.get(status, "api_error")
+        body = orjson.dumps({"type": "error", "error": {"type": kind, "message": f"{code}: {message}"}})
+    else:
+        body = orjson.dumps({"error": {"message": message, "type": "invalid_request_error", "code": code}})
+    head = (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+            % (status, REASONS.get(status, b"Error"), len(body)))
+    return head + body
+
+
+class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with header limits and header/body timeouts."""
+
+    def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        self.limits: Limits = getattr(config, "stepplan_limits", None) or Limits()
+        self._n_headers = 0
+        self._header_bytes = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._rejected = False
+
+    # ------------------------------------------------------------------ timers
+    def _arm(self, seconds: float, message: str) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, self._expire, message)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expire(self, message: str) -> None:
+        self._timer = None
+        if self.cycle is not None and not self.cycle.response_complete and self.cycle.more_body is False:
+            return  # the request is complete and being answered: never cut a response
+        self._reject(408, "request_timeout", message)
+
+    def _reject(self, status: int, code: str, message: str) -> None:
+        if self._rejected or self.transport.is_closing():
+            return
+        self._rejected = True
+        self._disarm()
+        if self.cycle is None or not self.cycle.response_started:
+            self.transport.write(error_bytes(status, code, message, getattr(self, "url", b"") or b""))
+        if self.cycle is not None:
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+        self.transport.close()
+
+    # ------------------------------------------------------------------ connection
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self.limits.header_timeout, "the request headers did not arrive in time")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._rejected:
+            return
+        super().data_received(data)
+
+    def send_400_response(self, msg: str) -> None:
+        """The parser refused the request: answer in JSON, in the protocol of its path."""
+        self._reject(400, "request_params_invalid", f"malformed HTTP request ({msg.rstrip('.')})")
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.cycle is not None and self.cycle.more_body:
+            return  # answered before its body arrived (e.g. a 401): the body timer still runs
+        if not self._rejected and not self.transport.is_closing():
+            self._arm(self.limits.header_timeout + self.timeout_keep_alive, "idle connection")
+
+    # ------------------------------------------------------------------ parser callbacks
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._n_headers = 0
+        self._header_bytes = 0
+        if self._timer is None:
+            self._arm(self.limits.header_timeout, "the request headers did not arrive in time")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._n_headers += 1
+        self._header_bytes += len(name) + len(value)
+        if self._n_headers > self.limits.max_headers:
+            self._reject(431, "request_params_invalid", f"more than {self.limits.max_headers} request headers")
+            raise ValueError("too many headers")
+        if self._header_bytes > self.limits.max_header_bytes:
+            self._reject(431, "request_params_invalid",
+                         f"request headers larger than {self.limits.max_header_bytes} bytes")
+            raise ValueError("headers too large")
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+        if self.cycle is not None and self.cycle.more_body and not self._rejected:
+            self._arm(self.limits.body_timeout, "the request body did not arrive in time")
+
+    def on_message_complete(self) -> None:
+        self._disarm()
+        super().on_message_complete()
+
+
+__all__ = ["GuardedHttpToolsProtocol", "Limits", "error_bytes"]
