@@ -252,7 +252,7 @@ def main() -> None:
         for pr in reversed(procs):
             pr.stop()
     summary = summarize(results)
-    out = render(summary, a, checks)
+    out = render(summary, a, checks) if a.toggle == "metering" else render_metrics(summary, a)
     print(out)
     print(json.dumps({"summary": summary, "raw": results}, indent=1, default=str))
     if not a.no_docs:
@@ -312,6 +312,27 @@ def render(summary: dict[str, Any], a: argparse.Namespace, checks: list[str]) ->
     verdict = (f"met by {', '.join(met)}" if met else "met by none") + (
         f"; missed by {', '.join(missed)}" if missed else "")
     lines += ["", f"Target: metering costs at most 15% of throughput (SQLite, one worker) — in this run {verdict}."]
+    return "\n".join(lines)
+
+
+def render_metrics(summary: dict[str, Any], a: argparse.Namespace) -> str:
+    """``--toggle metrics``: Prometheus metrics on vs off (metering on in both)."""
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"`bench/metering.py --toggle metrics` on {when}: one `stepplan serve` worker, metering on (SQLite), "
+        f"{a.concurrency} concurrent clients, {a.duration:g} s per run, {a.rounds} alternating rounds per mode "
+        f"(median shown){', gateway pinned to one CPU' if a.pin else ''}.",
+        "",
+        "| scenario | metrics off req/s | metrics on req/s | throughput change | gateway CPU per request off / on "
+        "| p50 off / on (ms) | rounds (off, on) req/s |",
+        "|---|---:|---:|---:|---|---|---|",
+    ]
+    for scenario, s in summary.items():
+        rounds = ", ".join(f"({x}, {y})" for x, y in s["rounds"])
+        change = (s["on_req_per_s"] / s["off_req_per_s"] - 1) * 100 if s["off_req_per_s"] else 0.0
+        lines.append(f"| {scenario} | {s['off_req_per_s']:.0f} | {s['on_req_per_s']:.0f} | {change:+.1f}% | "
+                     f"{s['off_cpu_us']:.0f} / {s['on_cpu_us']:.0f} µs | {s['off_p50_ms']:.2f} / "
+                     f"{s['on_p50_ms']:.2f} | {rounds} |")
     return "\n".join(lines)
 
 

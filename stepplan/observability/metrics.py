@@ -34,6 +34,8 @@ from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from ..billing.pricing import MICRO
+
 if TYPE_CHECKING:
     from prometheus_client.registry import Collector
 
@@ -313,6 +315,8 @@ class Metrics:
         self._series: dict[tuple[str, str, str, bool, str], _CallSeries] = {}
         self._token_accs: dict[tuple[str, str], tuple[_Count, _Count, _Count, _Count, _Count]] = {}
         self._simple: dict[tuple[Any, ...], Any] = {}  # (metric, labels…) → accumulator
+        self._credit_accs: dict[tuple[str, str, str | None], tuple[_Count, _Count, _Count, _Count]] = {}
+        self._overhead_accs: dict[tuple[str, bool], _Hist] = {}
         self._up_inflight: dict[str, int] = {}
         self.gauge_sources: list[Callable[[], Mapping[str, float]]] = []
         self.requests_in_flight: Callable[[], int] = lambda: 0
@@ -397,7 +401,11 @@ class Metrics:
             self._count(self.acct_requests, account, str(key_id), code).n += 1
 
     def overhead(self, protocol: str, stream: bool, seconds: float) -> None:
-        self._hist(self.h_overhead, protocol, "true" if stream else "false").observe(seconds)
+        acc = self._overhead_accs.get((protocol, stream))
+        if acc is None:
+            acc = self._overhead_accs[(protocol, stream)] = self._hist(self.h_overhead, protocol,
+                                                                       "true" if stream else "false")
+        acc.observe(seconds)
 
     def fallback(self, served: str) -> None:
         self._count(self.fallbacks, served).n += 1
@@ -413,14 +421,19 @@ class Metrics:
         self._hist(self.batch_seconds).observe(seconds)
 
     def ledger_entry(self, entry: Mapping[str, Any], plan: str | None, charged: int, uncollected: int) -> None:
-        model, served = self.model_label(entry["requested_model"]), self.model_label(entry["served_model"])
-        from ..billing.pricing import MICRO
-
-        self._count(self.credit, model, served, scale=MICRO).n += charged
-        self._count(self.plan_credit, plan or "none", scale=MICRO).n += charged
+        key = (entry["requested_model"], entry["served_model"], plan)
+        accs = self._credit_accs.get(key)
+        if accs is None:
+            model, served, p = self.model_label(key[0]), self.model_label(key[1]), plan or "none"
+            accs = self._credit_accs[key] = (
+                self._count(self.credit, model, served, scale=MICRO), self._count(self.plan_credit, p, scale=MICRO),
+                self._count(self.uncollected, model, served, scale=MICRO),
+                self._count(self.plan_uncollected, p, scale=MICRO))
+        accs[0].n += charged
+        accs[1].n += charged
         if uncollected:
-            self._count(self.uncollected, model, served, scale=MICRO).n += uncollected
-            self._count(self.plan_uncollected, plan or "none", scale=MICRO).n += uncollected
+            accs[2].n += uncollected
+            accs[3].n += uncollected
         if self.account_labels:
             self._count(self.acct_credit, str(entry["account_id"]), str(entry["key_id"]), scale=MICRO).n += charged
 
