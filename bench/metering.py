@@ -12,7 +12,13 @@ per scenario and reports the median req/s:
 
 After the "on" runs it checks that the ledger holds exactly one entry per answered
 request and that ``stepplan ledger check`` passes, so the numbers are for metering that
-really wrote every entry. Results go to stdout (markdown + JSON) and, unless
+really wrote every entry.
+
+``--toggle metrics`` measures Prometheus metrics instead: metering on in both modes, "off" with
+``STEPPLAN_METRICS=0`` (no metrics recorded, no /metrics), "on" with the default (metrics on);
+nothing is written to the docs then.
+
+Results go to stdout (markdown + JSON) and, unless
 ``--no-docs``, into ``docs/performance.md`` between ``<!-- bench:metering:start -->`` and
 ``<!-- bench:metering:end -->``. Every process started is stopped (by process group).
 """
@@ -96,7 +102,8 @@ def cli(cfg: Path, *args: str) -> str:
     return r.stdout
 
 
-def setup(tmp: Path, mode: str, upstream_port: int, billing_extra: str = "") -> tuple[Path, str]:
+def setup(tmp: Path, mode: str, upstream_port: int, billing_extra: str = "", toggle: str = "metering"
+          ) -> tuple[Path, str]:
     d = tmp / mode
     d.mkdir()
     cfg = d / "stepplan.toml"
@@ -104,11 +111,11 @@ def setup(tmp: Path, mode: str, upstream_port: int, billing_extra: str = "") -> 
         f'[database]\nurl = "sqlite:///{d}/bench.db"\n'
         f'[upstreams.fake]\nprotocol = "openai"\nbase_url = "http://127.0.0.1:{upstream_port}/v1"\n'
         '[server]\ndefault_upstream = "fake"\n'
-        f"[billing]\nenabled = {'true' if mode == 'on' else 'false'}\n"
+        f"[billing]\nenabled = {'true' if mode == 'on' or toggle == 'metrics' else 'false'}\n"
         + (billing_extra.replace("\\n", "\n") + "\n" if mode == "on" else "")
     )
     cli(cfg, "accounts", "create", "bench")
-    if mode == "on":
+    if mode == "on" or toggle == "metrics":
         cli(cfg, "subscribe", "bench", "--plan", "flash-max")
     key = json.loads(cli(cfg, "keys", "create", "--account", "bench", "--json"))["key"]
     return cfg, key
@@ -171,12 +178,16 @@ def main() -> None:
     p.add_argument("--billing", default="", help="extra [billing] keys for the metered gateway, e.g. "
                    "'commit_interval_ms = 2'")
     p.add_argument("--modes", default="off,on")
+    p.add_argument("--toggle", choices=("metering", "metrics"), default="metering",
+                   help="what 'off' turns off: credit metering, or Prometheus metrics (STEPPLAN_METRICS=0)")
     p.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
                    help="pin the gateway to the last CPU and the load generator + fake upstream to the others "
                         "(taskset), so the gateway's own CPU cost decides its throughput")
     p.add_argument("--no-docs", action="store_true")
     p.add_argument("--docs", default=str(ROOT / "docs" / "performance.md"))
     a = p.parse_args()
+    if a.toggle == "metrics":
+        a.no_docs = True
     ncpu = os.cpu_count() or 1
     if a.pin and ncpu >= 2 and shutil.which("taskset"):
         PIN["gateway"] = ["taskset", "-c", str(ncpu - 1)]
@@ -194,7 +205,7 @@ def main() -> None:
         procs.append(up)
         wait_http(up_port, "/healthz", up)
         modes = a.modes.split(",")
-        cfgs = {m: setup(tmp, m, up_port, a.billing) for m in modes}
+        cfgs = {m: setup(tmp, m, up_port, a.billing, a.toggle) for m in modes}
         for scenario in a.scenarios.split(","):
             stream = scenario == "openai_sse"
             body = json.dumps({"model": MODEL, "messages": MESSAGES, "stream": stream,
@@ -206,8 +217,9 @@ def main() -> None:
                     cfg, key = cfgs[mode]
                     before = ledger_entries(cfg) if mode == "on" else 0
                     port = free_port()
+                    metrics_env = {"STEPPLAN_METRICS": "0" if a.toggle == "metrics" and mode == "off" else "1"}
                     gw = Proc([*PIN["gateway"], *STEPPLAN, "serve", "--config", str(cfg), "--port", str(port),
-                               "--workers", "1"], tmp / f"gw-{mode}.log")
+                               "--workers", "1"], tmp / f"gw-{mode}.log", env=metrics_env)
                     procs.append(gw)
                     wait_http(port, "/healthz", gw)
                     url = f"http://127.0.0.1:{port}/step_plan/v1/chat/completions"
@@ -233,14 +245,14 @@ def main() -> None:
                         checks.append(f"{scenario} round {rnd + 1}: {res['requests']} measured requests (plus "
                                       f"warm-up), {written} ledger entries, `ledger check` passed")
                     results[scenario][mode].append(res)
-                    print(f"{scenario} round {rnd + 1} metering {mode}: {res['req_per_s']:.0f} req/s "
+                    print(f"{scenario} round {rnd + 1} {a.toggle} {mode}: {res['req_per_s']:.0f} req/s "
                           f"({res['requests']} ok, {res['errors']} errors), gateway CPU "
                           f"{res['cpu_us_per_request']:.0f} µs/request", file=sys.stderr)
     finally:
         for pr in reversed(procs):
             pr.stop()
     summary = summarize(results)
-    out = render(summary, a, checks)
+    out = render(summary, a, checks) if a.toggle == "metering" else render_metrics(summary, a)
     print(out)
     print(json.dumps({"summary": summary, "raw": results}, indent=1, default=str))
     if not a.no_docs:
@@ -300,6 +312,27 @@ def render(summary: dict[str, Any], a: argparse.Namespace, checks: list[str]) ->
     verdict = (f"met by {', '.join(met)}" if met else "met by none") + (
         f"; missed by {', '.join(missed)}" if missed else "")
     lines += ["", f"Target: metering costs at most 15% of throughput (SQLite, one worker) — in this run {verdict}."]
+    return "\n".join(lines)
+
+
+def render_metrics(summary: dict[str, Any], a: argparse.Namespace) -> str:
+    """``--toggle metrics``: Prometheus metrics on vs off (metering on in both)."""
+    when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"`bench/metering.py --toggle metrics` on {when}: one `stepplan serve` worker, metering on (SQLite), "
+        f"{a.concurrency} concurrent clients, {a.duration:g} s per run, {a.rounds} alternating rounds per mode "
+        f"(median shown){', gateway pinned to one CPU' if a.pin else ''}.",
+        "",
+        "| scenario | metrics off req/s | metrics on req/s | throughput change | gateway CPU per request off / on "
+        "| p50 off / on (ms) | rounds (off, on) req/s |",
+        "|---|---:|---:|---:|---|---|---|",
+    ]
+    for scenario, s in summary.items():
+        rounds = ", ".join(f"({x}, {y})" for x, y in s["rounds"])
+        change = (s["on_req_per_s"] / s["off_req_per_s"] - 1) * 100 if s["off_req_per_s"] else 0.0
+        lines.append(f"| {scenario} | {s['off_req_per_s']:.0f} | {s['on_req_per_s']:.0f} | {change:+.1f}% | "
+                     f"{s['off_cpu_us']:.0f} / {s['on_cpu_us']:.0f} µs | {s['off_p50_ms']:.2f} / "
+                     f"{s['on_p50_ms']:.2f} | {rounds} |")
     return "\n".join(lines)
 
 

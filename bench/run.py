@@ -72,6 +72,8 @@ DOC_START = "<!-- bench:run.py:start -->"
 DOC_END = "<!-- bench:run.py:end -->"
 SCENARIOS = ("openai_json", "openai_sse", "anthropic_sse", "responses_json", "responses_sse")
 ALL_TARGETS = ("direct", "passthrough", "litellm", "stepplan")
+# Run only when named in --targets: stepplan with metrics off (STEPPLAN_METRICS=0), for the cost of metrics.
+EXTRA_TARGETS = ("stepplan-nometrics",)
 MESSAGES = [
     {"role": "system", "content": "You are a helpful assistant."},
     {"role": "user", "content": "Say hello in a few words."},
@@ -408,7 +410,11 @@ def stepplan_setup(env: Env, exe: Path, cfg: Path) -> str:
     raise SkipTarget(f'`stepplan keys create --json` printed no {{"key": ...}}: {out.strip()[-300:]!r}')
 
 
-def start_stepplan(env: Env, slow: bool) -> Target:
+def start_stepplan_nometrics(env: Env, slow: bool) -> Target:
+    return start_stepplan(env, slow, metrics=False)
+
+
+def start_stepplan(env: Env, slow: bool, metrics: bool = True) -> Target:
     exe = stepplan_exe()
     if exe is None:
         raise SkipTarget("no `stepplan` executable next to this Python or on PATH (pip install -e .)")
@@ -417,7 +423,9 @@ def start_stepplan(env: Env, slow: bool) -> Target:
         env.stepplan_key = stepplan_setup(env, exe, cfg)
     port = free_port()
     cmd = [str(exe), "serve", "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    proc = Proc("stepplan-slow" if slow else "stepplan", cmd, env.tmp, env={"STEPPLAN_CONFIG": str(cfg)})
+    name = "stepplan" if metrics else "stepplan-nometrics"
+    proc = Proc(f"{name}-slow" if slow else name, cmd, env.tmp,
+                env={"STEPPLAN_CONFIG": str(cfg), "STEPPLAN_METRICS": "1" if metrics else "0"})
     try:
         secs = wait_healthy(proc, port, "/healthz", 60)
     except RuntimeError as exc:
@@ -430,7 +438,7 @@ def start_stepplan(env: Env, slow: bool) -> Target:
         "responses_json": "/step_plan/v1/responses",
         "responses_sse": "/step_plan/v1/responses",
     }
-    return Target("stepplan", port, proc, paths, _keyed_headers(env.stepplan_key), secs)
+    return Target(name, port, proc, paths, _keyed_headers(env.stepplan_key), secs)
 
 
 STARTERS = {
@@ -438,6 +446,7 @@ STARTERS = {
     "passthrough": start_passthrough,
     "litellm": start_litellm,
     "stepplan": start_stepplan,
+    "stepplan-nometrics": start_stepplan_nometrics,
 }
 
 
@@ -776,6 +785,26 @@ def results_table(results: dict[str, Any], args: argparse.Namespace) -> list[str
     return lines
 
 
+def metrics_cost_table(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """stepplan with metrics on against off: throughput loss and CPU per call added, per row."""
+    on_t = results["targets"]["stepplan"].get("scenarios", {})
+    off_t = results["targets"]["stepplan-nometrics"].get("scenarios", {})
+    lines = ["| scenario | conc | req/s off | req/s on | throughput change | CPU ms/req off | CPU ms/req on"
+             " | CPU/req change |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for sc in args.scenarios:
+        for conc in args.concurrency:
+            on, off = on_t.get(f"{sc}@c{conc}"), off_t.get(f"{sc}@c{conc}")
+            if not on or not off or "failed" in on or "failed" in off:
+                continue
+            r_on, r_off = on.get("req_per_s"), off.get("req_per_s")
+            c_on, c_off = on.get("cpu_ms_per_req"), off.get("cpu_ms_per_req")
+            dr = f"{(r_on / r_off - 1) * 100:+.1f}%" if r_on and r_off else "–"
+            dc = f"{(c_on / c_off - 1) * 100:+.1f}%" if c_on and c_off else "–"
+            lines.append(f"| {sc} | {conc} | {_fmt(r_off, 0)} | {_fmt(r_on, 0)} | {dr} | {_fmt(c_off, 3)} "
+                         f"| {_fmt(c_on, 3)} | {dc} |")
+    return lines
+
+
 def open_streams_table(results: dict[str, Any], args: argparse.Namespace) -> list[str]:
     lines = [
         "| target | streams asked | held at end of hold | errors | stopped early | open time s"
@@ -845,6 +874,9 @@ def markdown(results: dict[str, Any], args: argparse.Namespace) -> str:
         if t.get("start_s") is not None:
             out.append(f"- {n}: healthy {t['start_s']} s after launch, idle RSS {t.get('rss_idle_mb')} MB.")
     out += ["", "### Throughput and latency", "", *results_table(results, args), ""]
+    if {"stepplan", "stepplan-nometrics"} <= set(results["targets"]):
+        out += ["### Cost of metrics (stepplan with metrics on vs `STEPPLAN_METRICS=0`)", "",
+                *metrics_cost_table(results, args), ""]
     if any(t.get("open_streams") for t in results["targets"].values()):
         out += [
             "### Open streams",
@@ -908,7 +940,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     q = a.quick
     a.targets = (a.targets or ("direct,passthrough,stepplan" if q else ",".join(ALL_TARGETS))).split(",")
     a.scenarios = (a.scenarios or ",".join(SCENARIOS)).split(",")
-    bad = [x for x in a.targets if x not in ALL_TARGETS] + [x for x in a.scenarios if x not in SCENARIOS]
+    bad = [x for x in a.targets if x not in ALL_TARGETS + EXTRA_TARGETS] + [x for x in a.scenarios
+                                                                            if x not in SCENARIOS]
     if bad:
         p.error(f"unknown target/scenario: {bad}")
     a.concurrency = [int(x) for x in (a.concurrency or ("32" if q else "1,32,256,1024")).split(",")]

@@ -23,6 +23,9 @@ from .auth import Authenticator
 from .billing.meter import Meter, NullMeter
 from .engines.registry import EngineRegistry
 from .errors import GatewayError, InvalidRequest, NotFound, Overloaded
+from .observability import tracing
+from .observability.calls import CallObserver
+from .observability.metrics import CONTENT_TYPE, admitted
 from .pipeline import Gateway
 from .reasoning import Signer
 from .routing.route import Router
@@ -35,8 +38,19 @@ log = logging.getLogger("stepplan")
 Handler = Callable[[HTTPRequest], Awaitable[Response]]
 
 
-def guarded(handler: Handler) -> Handler:
-    """The error boundary: every failure leaves in the caller's protocol, never as a bare 500."""
+# Model-call routes and the client protocol each speaks (the `protocol` metrics label): a new
+# protocol is one line here (and ``protocol=`` in its handler's ``start_call``).
+MODEL_ROUTES: dict[str, str] = {
+    "/step_plan/v1/chat/completions": "openai",
+    "/step_plan/v1/messages": "anthropic",
+    "/step_plan/v1/responses": "responses",
+}
+
+
+def guarded(handler: Handler, protocol: str | None = None) -> Handler:
+    """The error boundary: every failure leaves in the caller's protocol, never as a bare 500.
+    On a model route (``protocol`` set), a call refused before ``start_call`` admitted it (a bad
+    key, a malformed body) is counted here; after that, the call counts itself."""
 
     async def run(request: HTTPRequest) -> Response:
         trace = request.scope["stepplan.trace_id"]
@@ -47,13 +61,22 @@ def guarded(handler: Handler) -> Handler:
         except GatewayError as exc:
             log.log(logging.WARNING if exc.status >= 500 else logging.INFO, "trace=%s %s %s -> %d %s: %s", trace,
                     request.method, path, exc.status, exc.code, exc.message)
+            if protocol is not None and not admitted.get():
+                _observer(request).rejected(protocol, exc.code)
             return error_response(exc, trace, anthropic)
         except Exception:
             log.exception("trace=%s unhandled error on %s", trace, path)
+            if protocol is not None and not admitted.get():
+                _observer(request).rejected(protocol, "internal_error")
             err = GatewayError(f"internal error; quote trace id {trace} when reporting it")
             return error_response(err, trace, anthropic)
 
     return run
+
+
+def _observer(request: HTTPRequest) -> CallObserver:
+    gateway = getattr(request.app.state, "gateway", None)
+    return gateway.observer if gateway is not None else CallObserver()
 
 
 class TraceAndLimit:
@@ -69,6 +92,9 @@ class TraceAndLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if tracing.enabled:
+            await self._traced(scope, receive, send)
+            return
         trace = new_trace_id()
         scope["stepplan.trace_id"] = trace
         scope["stepplan.t0"] = time.perf_counter()
@@ -79,6 +105,43 @@ class TraceAndLimit:
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
+        if self.in_flight >= self.max_concurrency:
+            err = Overloaded("the gateway is at its concurrency limit; retry shortly", headers={"retry-after": "1"})
+            await error_response(err, trace, is_anthropic_path(scope["path"]))(scope, receive, send_with_trace)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send_with_trace)
+        finally:
+            self.in_flight -= 1
+
+    async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Tracing on: a SERVER span around the request (child of the client's ``traceparent``);
+        ``X-Trace-Id`` is its trace id, the request id (ledger, logs) is unique per request."""
+        t0 = time.perf_counter()
+        span, token, trace_hex, request_id = tracing.start_server_span(scope)
+        scope["stepplan.trace_id"] = request_id
+        scope["stepplan.t0"] = t0
+        header = (b"x-trace-id", trace_hex.encode())
+        status: int | None = None
+
+        async def send_with_trace(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        error: BaseException | None = None
+        try:
+            await self._serve(scope, receive, send_with_trace, request_id)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            tracing.end_server_span(span, token, status, error)
+
+    async def _serve(self, scope: Scope, receive: Receive, send_with_trace: Send, trace: str) -> None:
         if self.in_flight >= self.max_concurrency:
             err = Overloaded("the gateway is at its concurrency limit; retry shortly", headers={"retry-after": "1"})
             await error_response(err, trace, is_anthropic_path(scope["path"]))(scope, receive, send_with_trace)
@@ -123,6 +186,30 @@ async def healthz(request: HTTPRequest) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+async def readyz(request: HTTPRequest) -> Response:
+    """Readiness: database reachable, migrations current, ledger writer healthy, router weights
+    loaded; 503 naming the failing checks (``/healthz`` stays liveness)."""
+    from .observability.health import readiness
+
+    state = request.app.state
+    checks = await readiness(state.sessions, state.gateway.meter, state.gateway.router)
+    failed = [c.name for c in checks if not c.ok]
+    body = {"status": "not ready" if failed else "ready", "failed": failed,
+            "checks": {c.name: c.as_dict() for c in checks}}
+    return JSONResponse(body, status_code=503 if failed else 200)
+
+
+async def metrics_endpoint(request: HTTPRequest) -> Response:
+    """Prometheus exposition of every worker's metrics; admin token required on this port."""
+    from .api.admin import _guard
+
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is None:
+        raise NotFound(f"no route for {request.method} {request.url.path}")
+    _guard(request)
+    return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+
 async def root(request: HTTPRequest) -> Response:
     if request.method == "HEAD":
         return Response(status_code=200)
@@ -147,15 +234,17 @@ def routes() -> list[Route]:
 
     r = [
         Route("/healthz", guarded(healthz), methods=["GET"]),
+        Route("/readyz", guarded(readyz), methods=["GET"]),
+        Route("/metrics", guarded(metrics_endpoint), methods=["GET"]),
         Route("/", guarded(root), methods=["GET", "HEAD"]),
         Route("/step_plan", guarded(root), methods=["GET", "HEAD"]),
         Route("/step_plan/", guarded(root), methods=["GET", "HEAD"]),
-        Route("/step_plan/v1/chat/completions", guarded(openai_api.chat_completions), methods=["POST"]),
+        Route("/step_plan/v1/chat/completions", guarded(openai_api.chat_completions, "openai"), methods=["POST"]),
         Route("/step_plan/v1/models", guarded(openai_api.list_models), methods=["GET"]),
         Route("/step_plan/v1/models/{model:path}", guarded(openai_api.get_model), methods=["GET"]),
     ]
-    r += [Route(p, guarded(h), methods=m) for p, h, m in anthropic_api.ROUTES]
-    r += [Route(p, guarded(h), methods=m) for p, h, m in responses_api.ROUTES]
+    r += [Route(p, guarded(h, MODEL_ROUTES.get(p)), methods=m) for p, h, m in anthropic_api.ROUTES]
+    r += [Route(p, guarded(h, MODEL_ROUTES.get(p)), methods=m) for p, h, m in responses_api.ROUTES]
     r += [Route(p, guarded(h), methods=m) for p, h, m in usage_api.ROUTES]
     r += [Route(p, guarded(h), methods=m) for p, h, m in admin_api.ROUTES]
     return r
@@ -170,8 +259,26 @@ def build_meter(settings: Settings, sessions: Any) -> Meter:
     return CreditMeter(settings, sessions, clock=Clock(settings.clock_offset))
 
 
+def build_metrics(settings: Settings) -> Any:
+    """This process's metrics (None with ``[server] metrics = false``)."""
+    if not settings.metrics:
+        return None
+    from .observability.metrics import Metrics
+
+    def upstream_of(model_id: str) -> str:
+        return settings.upstream_for(model_id).name
+
+    return Metrics(settings.catalog.models, upstream_of, account_labels=settings.metrics_account_labels)
+
+
 def create_app(settings: Settings | None = None, *, migrate: bool = True) -> ASGIApp:
     settings = settings or load_settings()
+    from .engines import _http
+    from .logs import add_secrets
+
+    add_secrets([settings.admin_token, settings.secret, *(u.api_key for u in settings.upstreams.values())])
+    if not tracing.enabled and tracing.configured():
+        tracing.setup()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -186,19 +293,31 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> ASG
         await auth.start()
         meter = build_meter(settings, sessions)
         await meter.start()
+        metrics = build_metrics(settings)
+        if metrics is not None:
+            _http.set_observer(metrics)
+            if hasattr(meter, "gauges"):
+                meter.observer = metrics  # type: ignore[attr-defined]
+                metrics.gauge_sources.append(meter.gauges)
+            metrics.requests_in_flight = lambda: outer.in_flight
+            metrics.start()
         engines = EngineRegistry(settings)
         engines.preload()  # an in-process model starts loading in the background
         router = Router(settings.catalog, settings.router)
         router.preload()  # the routing weights load now, not on the first routed call
-        gateway = Gateway(settings, auth, engines, meter, Signer(secret), router)
+        gateway = Gateway(settings, auth, engines, meter, Signer(secret), router, CallObserver(metrics))
         await gateway.reasoning.start(sessions)
         app.state.gateway = gateway
         app.state.responses = responses_api.ResponsesState(settings, sessions, secret)
         app.state.sessions = sessions
         app.state.settings = settings
+        app.state.metrics = metrics
         try:
             yield
         finally:
+            if metrics is not None:
+                await metrics.stop()
+                _http.set_observer(None)
             await gateway.reasoning.stop()
             await meter.stop()
             await auth.stop()
@@ -207,7 +326,8 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> ASG
 
     app = Starlette(routes=routes(), lifespan=lifespan,
                     exception_handlers={404: not_found, 405: not_found})
-    return TraceAndLimit(HotPath(app), max_concurrency=settings.max_concurrency)
+    outer = TraceAndLimit(HotPath(app), max_concurrency=settings.max_concurrency)
+    return outer
 
 
 def app_factory() -> ASGIApp:
@@ -215,7 +335,7 @@ def app_factory() -> ASGIApp:
     from .logs import setup_logging
 
     settings = load_settings()  # STEPPLAN_CONFIG and STEPPLAN_LOG_LEVEL, as `stepplan serve` set them
-    setup_logging(settings.log_level)  # worker processes start with a fresh logging
+    setup_logging(settings.log_level, settings.log_format)  # worker processes start with a fresh logging
     return create_app(settings, migrate=False)
 
 

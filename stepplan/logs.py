@@ -3,18 +3,76 @@
 Records are formatted on the calling thread (cheap) and written in batches by a
 background thread every ``interval`` seconds, so a busy gateway does one ``write``
 per batch instead of one per request. Errors flush at once.
+
+``[server] log_format = "json"`` writes one JSON object per line instead: the call record
+(:func:`call_record`, ``"event": "call"``) and every other record (time, level, logger,
+message, exception). In both formats secrets are scrubbed from every record except the call
+record, which is built only from fields that hold none: API keys (``sk-…``), bearer tokens,
+and the configured upstream keys, admin token and signing secret (:func:`add_secrets`).
 """
 
 from __future__ import annotations
 
 import collections
 import logging
+import re
 import sys
 import threading
 import time
-from typing import TextIO
+from collections.abc import Iterable
+from typing import Any, TextIO
+
+import orjson
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+_SECRET_PATTERNS = [
+    re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}"),  # stepplan keys (sk-step-…) and most providers' keys
+    re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]{6,}"),
+    re.compile(r"(?i)\b(x-api-key|api[_-]?key|authorization|x-admin-token)(\W{1,4})[A-Za-z0-9._~+/=\-]{6,}"),
+]
+_secrets: list[str] = []
+REDACTED = "[redacted]"
+
+
+def add_secrets(values: Iterable[str | None]) -> None:
+    """Configured secrets (upstream keys, admin token, signing secret) never appear in a log line."""
+    for v in values:
+        if v and len(v) >= 4 and v not in _secrets:
+            _secrets.append(v)
+    _secrets.sort(key=len, reverse=True)
+
+
+def redact(text: str) -> str:
+    for s in _secrets:
+        if s in text:
+            text = text.replace(s, REDACTED)
+    text = _SECRET_PATTERNS[0].sub(REDACTED, text)
+    text = _SECRET_PATTERNS[1].sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+    return _SECRET_PATTERNS[2].sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+
+
+class RedactingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message (and exception, stack)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {"time": _stamp(record.created), "level": record.levelname, "logger": record.name,
+                               "message": record.getMessage()}
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
+        text = orjson.dumps(out).decode()
+        return redact(text)
+
+
+def _stamp(now: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
 
 
 class BatchingHandler(logging.Handler):
@@ -64,6 +122,7 @@ class BatchingHandler(logging.Handler):
 
 
 _batching: BatchingHandler | None = None
+json_format = False  # [server] log_format = "json"
 
 
 def call_line(logger: logging.Logger, message: str) -> None:
@@ -77,15 +136,37 @@ def call_line(logger: logging.Logger, message: str) -> None:
     _batching._buf.append(f"{stamp},{int(now % 1 * 1000):03d} INFO {logger.name} {message}\n")
 
 
-def setup_logging(level: str) -> None:
-    global _batching
+def call_record(logger: logging.Logger, fields: dict[str, Any], text: str) -> None:
+    """The per-call record: ``text`` as one line, or with ``log_format = "json"`` the ``fields``
+    as one JSON object (``"event": "call"``). Neither is scrubbed: both hold no secret by construction."""
+    if not json_format:
+        call_line(logger, text)
+        return
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    line = orjson.dumps({"time": _stamp(time.time()), "level": "INFO", "logger": logger.name, "event": "call",
+                         **fields}).decode()
+    if _batching is None:
+        logger.info("%s", line)
+        return
+    _batching._buf.append(line + "\n")
+
+
+def setup_logging(level: str, fmt: str = "text") -> None:
+    global _batching, json_format
     root = logging.getLogger()
     root.setLevel(level.upper())
-    if any(isinstance(h, BatchingHandler) for h in root.handlers):
+    json_format = fmt == "json"
+    formatter: logging.Formatter = JSONFormatter() if json_format else RedactingFormatter(FORMAT)
+    existing = [h for h in root.handlers if isinstance(h, BatchingHandler)]
+    if existing:
+        existing[0].setFormatter(formatter)
         return
     handler = _batching = BatchingHandler()
-    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.setFormatter(formatter)
     root.handlers[:] = [handler]
+    if json_format:
+        logging.captureWarnings(True)  # Python warnings become (JSON) log records too
     import atexit
 
     atexit.register(handler.flush)

@@ -22,7 +22,9 @@ from .catalog import Catalog, ModelSpec
 from .engines.base import CallContext
 from .engines.registry import EngineRegistry
 from .errors import GatewayError, InvalidRequest, UnsupportedContent
-from .logs import call_line
+from .observability import tracing
+from .observability.calls import CallObserver
+from .observability.metrics import admitted
 from .protocols import effort as efforts
 from .protocols.canonical import (
     Audio,
@@ -126,7 +128,9 @@ class Call:
     _first: Event | None = None
     _recorded: Awaitable[None] | None = None  # the reasoning record's write, when the call made tool calls
     views: dict[str, Request] | None = None  # router calls: what each engine receives (by engine id)
-    protocol: str = "openai"  # the client protocol, recorded on the ledger entry
+    protocol: str = "openai"  # the client protocol, recorded on the ledger entry (and the metrics label)
+    error_code: str | None = None  # the StepFun code of the last upstream failure (metrics, logs)
+    finish: str | None = None  # the finish reason (traces)
 
     def request_for(self, spec: ModelSpec) -> Request:
         """The request as the engine serving ``spec`` receives it."""
@@ -156,7 +160,9 @@ class Call:
         serving engine was sent, and for ``step-router-v1`` the engine that served and why."""
         headers = self.gateway.meter.headers(self.reservation)
         if arrived is not None:
-            headers["x-stepplan-overhead-ms"] = self.overhead_ms(arrived)
+            overhead = max(0.0, time.perf_counter() - arrived - self.upstream_s)
+            headers["x-stepplan-overhead-ms"] = f"{overhead * 1000:.3f}"
+            self.gateway.observer.overhead(self, overhead)
         effort = self.effort
         if effort is not None:
             headers["x-stepplan-effort"] = effort
@@ -171,9 +177,6 @@ class Call:
 
     def _settle(self, usage: Usage, status: str, first_byte: float | None) -> Awaitable[None]:
         now = time.perf_counter()
-        call_line(log, f"trace={self.trace_id} account={self.key.account_name} key={self.key.key_id} "
-                       f"model={self.spec.id} served={self.served_model.id} status={status} in={usage.input} "
-                       f"cache={usage.cache_read} out={usage.output} ms={(now - self.t0) * 1000:.1f}")
         outcome = Outcome(
             served=self.served_model, usage=usage, status=status, route_score=self.route.score,
             first_byte_ms=None if first_byte is None else (first_byte - self.t0) * 1000,
@@ -181,6 +184,7 @@ class Call:
         )
         self.usage = usage
         self.settlement = self.gateway.meter.settle(self.reservation, outcome)
+        self.gateway.observer.settled(self, usage, status, first_byte, now)  # log record, metrics, span
         return self.settlement
 
     def _local_usage(self, output_text: str) -> Usage:
@@ -222,6 +226,7 @@ class Call:
                     continue
                 self.upstream_s += time.perf_counter() - t
                 resp.usage = self._billed(resp.usage, partial(_text_of, resp.content), True)
+                self.finish = resp.stop_reason
                 recorded = self._remember(resp.content)
                 await self._settle(resp.usage, "ok", None)
                 if recorded is not None:
@@ -238,8 +243,10 @@ class Call:
     def _fall_back(self, exc: GatewayError, spec: ModelSpec, i: int, started: bool) -> None:
         """Let the next engine take over after ``exc`` — only before the first byte, only for errors
         that allow it, only while engines remain; otherwise raise ``exc``."""
+        self.error_code = exc.code
         if started or not exc.fallback_ok or i + 1 >= len(self.route.engines):
             raise exc
+        self.gateway.observer.fallback(spec.id)
         log.warning("trace=%s engine=%s failed before the first byte: %s; falling back", self.trace_id, spec.id,
                     exc.message)
 
@@ -313,6 +320,7 @@ class Call:
                             out_parts.append(ev.arguments)
                         elif isinstance(ev, Finish):
                             status = "ok"
+                            self.finish = ev.reason
                         yield ev
                     break
                 except GatewayError as exc:
@@ -332,8 +340,9 @@ class Call:
 # ============================================================================ the gateway
 class Gateway:
     def __init__(self, settings: Settings, auth: Authenticator, engines: EngineRegistry, meter: Meter,
-                 signer: Signer, router: Router):
+                 signer: Signer, router: Router, observer: CallObserver | None = None):
         self.settings = settings
+        self.observer = observer or CallObserver()  # call records, metrics, spans
         self.catalog: Catalog = settings.catalog
         self.auth = auth
         self.engines = engines
@@ -352,13 +361,24 @@ class Gateway:
 
     async def start_call(self, req: Request, key: KeyInfo, trace_id: str, body_size: int,
                          protocol: str = "openai") -> Call:
+        admitted.set(True)  # from here on the call counts itself (metrics); before, the error boundary does
+        try:
+            return await self._admit(req, key, trace_id, body_size, protocol)
+        except GatewayError as exc:
+            self.observer.refused(req, protocol, exc.code)
+            raise
+
+    async def _admit(self, req: Request, key: KeyInfo, trace_id: str, body_size: int, protocol: str) -> Call:
         t0 = time.perf_counter()
         spec = self.catalog.resolve(req.model)
         if spec.kind == "router":
             self.router.check_fields(req)
         req = check_capabilities(req, spec)
-        route = self.router.choose(req, spec)
+        with tracing.child("route"):
+            route = self.router.choose(req, spec)
         served = route.engines[0]
+        if spec.kind == "router":
+            self.observer.routed(served.id, route.reason, route.score)
         views: dict[str, Request] | None = None
         sent = req
         if spec.kind == "router":  # each engine (the chosen one and its fallback) gets its own view
@@ -370,7 +390,8 @@ class Gateway:
             unknown = self.reasoning.unknown(req.messages)
             if unknown:  # tool turns answered by another worker, or before a restart
                 await self.reasoning.prefetch(unknown)
-        res = await self.meter.reserve(key, served, sent, trace_id, estimate_request(sent, body_size))
+        with tracing.child("reserve"):
+            res = await self.meter.reserve(key, served, sent, trace_id, estimate_request(sent, body_size))
         return Call(self, req, spec, route, key, res, trace_id, t0, views=views, protocol=protocol)
 
     async def aclose(self) -> None:

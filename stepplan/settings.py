@@ -31,6 +31,7 @@ from .routing.policy import FLASH_ENGINE, PRO_ENGINE
 
 PROTOCOLS = ("openai", "anthropic", "local")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+LOG_FORMATS = ("text", "json")
 LOG_LEVEL_ENV = "STEPPLAN_LOG_LEVEL"  # set by `stepplan serve --log-level` for its workers
 
 
@@ -72,8 +73,18 @@ class ServerConfig:
     max_header_bytes: int = 64 * 1024
     header_timeout: float = 15.0
     body_timeout: float = 120.0
+    # observability (docs/operating.md)
+    metrics: bool = True  # record Prometheus metrics and serve /metrics
+    metrics_port: int | None = None  # serve /metrics there (no token) instead of on the main port
+    metrics_host: str = "127.0.0.1"  # the address the metrics port binds to
+    metrics_account_labels: bool = False  # opt-in: per-account and per-key series
+    log_format: str = "text"  # "text" | "json"
 
     def check(self) -> None:
+        if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
+            raise ConfigError("metrics_port", f"must be a TCP port number, not {self.metrics_port!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError("log_format", f"must be \"text\" or \"json\", not {self.log_format!r}")
         if self.max_body_bytes < 1:
             raise ConfigError("max_body_bytes", "must be positive")
         if self.max_concurrency < 1:
@@ -205,6 +216,12 @@ class Settings:
     server: ServerConfig = field(default_factory=ServerConfig)
     responses: ResponsesConfig = field(default_factory=ResponsesConfig)
     clock_offset: int = 0  # seconds added to the billing clock's wall time (STEPPLAN_CLOCK_OFFSET)
+    # observability (docs/operating.md)
+    metrics: bool = True  # [server] metrics: record Prometheus metrics and serve /metrics
+    metrics_port: int | None = None  # [server] metrics_port: serve /metrics there (no token) instead of the main port
+    metrics_host: str = "127.0.0.1"  # [server] metrics_host: address the metrics port binds to
+    metrics_account_labels: bool = False  # [server] metrics_account_labels: opt-in per-account/key series
+    log_format: str = "text"  # [server] log_format: "text" | "json"
 
     def upstream_for(self, model_id: str) -> UpstreamConfig:
         spec = self.catalog.models.get(model_id)
@@ -411,6 +428,19 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
         if s.log_level not in LOG_LEVELS:
             raise ConfigError(LOG_LEVEL_ENV, f"must be one of {', '.join(LOG_LEVELS)}, not {s.log_level!r}")
         s.clock_offset = _clock_offset(env)
+        _observability(s, server, env)
     except ConfigError as exc:
         raise exc.within(path=where) from None
     return s
+
+
+def _observability(s: Settings, server: ServerConfig, env: dict[str, str]) -> None:
+    """``[server]`` keys for metrics and logs; ``STEPPLAN_METRICS=0`` turns metrics off (benchmarks) and
+    ``STEPPLAN_LOG_FORMAT`` overrides the log format."""
+    metrics = env.get("STEPPLAN_METRICS")
+    s.metrics = server.metrics if metrics is None else metrics.lower() not in ("0", "false", "off", "no")
+    s.metrics_port, s.metrics_host = server.metrics_port, server.metrics_host
+    s.metrics_account_labels = server.metrics_account_labels
+    s.log_format = env.get("STEPPLAN_LOG_FORMAT") or server.log_format
+    if s.log_format not in LOG_FORMATS:
+        raise ConfigError("STEPPLAN_LOG_FORMAT", f"must be \"text\" or \"json\", not {s.log_format!r}")

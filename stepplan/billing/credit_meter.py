@@ -50,8 +50,8 @@ from .leasing import HEADER_REMAINING, Leasing, reservation_amount
 from .limits import LocalLimiter, RedisLimiter
 from .maintenance import Maintenance
 from .plans import BillingConfig
-from .pricing import PriceBook
-from .settlement import Settler
+from .pricing import MICRO, PriceBook
+from .settlement import LedgerObserver, Settler
 
 log = logging.getLogger("stepplan.billing")
 
@@ -77,6 +77,27 @@ class CreditMeter:
         self.reserve = self.leasing.reserve
         self.settle = self.settler.settle
         self.headers = self.leasing.headers
+
+    @property
+    def observer(self) -> LedgerObserver | None:
+        """Told about every durable ledger entry and group commit (metrics)."""
+        return self.settler.observer
+
+    @observer.setter
+    def observer(self, value: LedgerObserver | None) -> None:
+        self.settler.observer = value
+
+    def gauges(self) -> dict[str, float]:
+        """This process's state for metrics: reservations in flight, Credit leased and not yet used
+        (in Credit), and ledger entries waiting for the group commit."""
+        core = self.core
+        held = sum(p.leased for acct in core.accounts.values() for p in acct.pots.values() if p.leased > 0)
+        return {"reservations_in_flight": len(core.inflight), "lease_credit_held": held / MICRO,
+                "ledger_queue_depth": self.settler.queued}
+
+    def writer_health(self, stall_seconds: float) -> tuple[bool, str]:
+        """Whether the ledger writer (group commit) runs and its queue moves (readiness)."""
+        return self.settler.health(stall_seconds)
 
     @property
     def owner(self) -> str:

@@ -20,7 +20,7 @@ import time
 from collections import defaultdict
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
@@ -45,10 +45,20 @@ def _nn(n: int) -> int:
     return n if n > 0 else 0
 
 
+class LedgerObserver(Protocol):
+    """Told about every durable ledger entry and group commit (metrics)."""
+
+    def ledger_batch(self, entries: int, seconds: float) -> None: ...
+
+    def ledger_entry(self, entry: dict[str, Any], plan: str | None, charged: int, uncollected: int) -> None: ...
+
+
 class Settler:
     def __init__(self, core: MeterCore, writer: Writer):
         self.core = core
         self.writer = writer
+        self.observer: LedgerObserver | None = None
+        self.progress = time.monotonic()  # the last ledger write, or when the queue last became non-empty
         self._queue: list[_Pending] = []
         self._wake = asyncio.Event()
         self._busy = False  # the writer task is writing (or backing off between attempts)
@@ -79,6 +89,40 @@ class Settler:
         await self.writer.close()
         self.writer = SessionWriter(self.core.sessions)
 
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def health(self, stall_seconds: float) -> tuple[bool, str]:
+        """Whether the ledger writer (group commit) runs and its queue moves (readiness)."""
+        task = self._task
+        if task is None:
+            return False, "the ledger writer has not started"
+        if task.done():
+            exc = None if task.cancelled() else task.exception()
+            return False, f"the ledger writer stopped{f': {exc!r}' if exc else ''}"
+        if self._queue and time.monotonic() - self.progress > stall_seconds:
+            return False, (f"{len(self._queue)} ledger entries queued and no write for "
+                           f"{time.monotonic() - self.progress:.0f}s")
+        return True, f"running, {len(self._queue)} queued"
+
+    def _written(self, pending: list[_Pending], got: dict[int, int], seconds: float | None) -> None:
+        """Tell the observer what was charged (final: after the extras the transaction collected)."""
+        self.progress = time.monotonic()
+        obs = self.observer
+        if obs is None:
+            return
+        try:
+            if seconds is not None:
+                obs.ledger_batch(len(pending), seconds)
+            for p in pending:
+                e = p.entry
+                extra = got.get(id(e), 0)
+                plan = p.acct.plan.id if p.acct is not None and p.acct.plan is not None else None
+                obs.ledger_entry(e, plan, e["charged"] + extra, e["uncollected"] - extra)
+        except Exception:  # metrics must never break settlement
+            log.exception("ledger observer failed")
+
     async def wait_late(self) -> None:
         if self._late:
             await asyncio.gather(*self._late, return_exceptions=True)
@@ -106,6 +150,7 @@ class Settler:
         u = outcome.usage
         rates = core.prices.rates(outcome.served.id, started)
         cost = rates.cost(u)
+        h.cost = cost  # for the call's log record and span
         core.active = mono = time.monotonic()
         st = acct.settle(h.holds, cost, now, mono)
         core.limiter.leave(acct.account_id)
@@ -124,6 +169,8 @@ class Settler:
         pending = _Pending(entry, st, fut, acct)
         if self._write_now(pending):
             return fut
+        if not self._queue:
+            self.progress = time.monotonic()
         self._queue.append(pending)
         if self._task is None or self._task.done():  # shutting down: write it on its own
             task = loop.create_task(self._drain())
@@ -145,6 +192,7 @@ class Settler:
                 or core.cfg.commit_interval > 0 or self._task is None or self._task.done()):
             return False
         entries, charges, converted, extras = self._batch_rows([p])
+        t = time.perf_counter()
         try:
             write_now(core.owner, entries, charges, converted, int(time.time()), extras)
         except Exception:
@@ -152,6 +200,7 @@ class Settler:
         core.stats["batches"] += 1
         core.stats["entries"] += 1
         self._report_extras(extras)
+        self._written([p], {id(x.entry): x.got for x in extras}, time.perf_counter() - t)
         p.fut.set_result(None)
         return True
 
@@ -201,11 +250,13 @@ class Settler:
         pending = [p for p in batch if not p.st.direct]
         while pending:
             entries, charges, converted, extras = self._batch_rows(pending)
+            t = time.perf_counter()
             try:
                 await self.writer.write(core.owner, entries, charges, converted, int(time.time()), extras)
                 core.stats["batches"] += 1
                 core.stats["entries"] += len(pending)
                 self._report_extras(extras)
+                self._written(pending, {id(x.entry): x.got for x in extras}, time.perf_counter() - t)
                 break
             except ledger.LeaseLost as exc:
                 log.error("lease on pot %s is gone (this process was reaped); settling directly", exc.pot_id)
@@ -337,6 +388,7 @@ class Settler:
                     await ledger.write_entry(s, {**e, "charged": charged, "uncollected": left,
                                                  "pot_id": first[0], "pot_amount": first[1]}, rows)
                     await s.commit()
+                self._written([p], {id(e): charged - e["charged"]}, None)
                 return
             except IntegrityError:
                 async with core.sessions() as s:

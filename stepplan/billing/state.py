@@ -226,3 +226,4 @@ class Hold:
     started_at: int  # billing time of the reservation: the prices that apply, the entry's ``started_at``
     spec: ModelSpec  # the model reserved for: an abandoned reservation is settled against it
     fut: asyncio.Future[None] | None = None  # set by settle: done when the ledger entry is durable
+    cost: int | None = None  # set by settle: the call's exact cost (for its log record and span)

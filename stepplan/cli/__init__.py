@@ -6,9 +6,11 @@ import click
 
 
 def register_all(group: click.Group) -> None:
+    from .doctor import register as register_doctor
     from .router import router
 
     group.add_command(router)
+    register_doctor(group)
     try:
         from .billing import register
     except ImportError:  # the billing commands live in their own module

@@ -53,6 +53,13 @@ def raise_fd_limit() -> None:
             pass
 
 
+def _safe_url(url: str) -> str:
+    """A database URL without its password."""
+    import re
+
+    return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", url)
+
+
 def fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(1)
@@ -101,7 +108,16 @@ def serve(ctx: click.Context, config: str | None, host: str, port: int, workers:
     if ctx.obj["config"]:
         os.environ["STEPPLAN_CONFIG"] = os.path.abspath(ctx.obj["config"])
     os.environ[LOG_LEVEL_ENV] = level
-    setup_logging(level)
+    setup_logging(level, settings.log_format)
+    from ..logs import add_secrets
+
+    add_secrets([settings.admin_token, settings.secret, *(u.api_key for u in settings.upstreams.values())])
+    metrics_dir = None
+    if settings.metrics:
+        from ..observability.metrics import prepare_multiprocess_dir
+
+        # before prometheus-client is imported anywhere in this process or a worker
+        metrics_dir = prepare_multiprocess_dir()
 
     async def prepare() -> None:
         engine = make_engine(settings.database_url)
@@ -110,17 +126,36 @@ def serve(ctx: click.Context, config: str | None, host: str, port: int, workers:
 
     raise_fd_limit()  # every open stream holds two sockets: the client's and the upstream's
     asyncio.run(prepare())  # migrate once, before any worker starts
-    click.echo(f"stepplan listening on http://{host}:{port} (workers={workers}, db={settings.database_url})",
-               err=True)
+    def say(message: str) -> None:  # JSON logs: start-up lines are log records too
+        if settings.log_format == "json":
+            import logging
+
+            logging.getLogger("stepplan").warning("%s", message)
+        else:
+            click.echo(message, err=True)
+
+    say(f"stepplan listening on http://{host}:{port} (workers={workers}, db={_safe_url(settings.database_url)})")
+    metrics_server = None
+    if metrics_dir is not None and settings.metrics_port:
+        from ..observability.metrics import start_metrics_server
+
+        try:
+            metrics_server = start_metrics_server(settings.metrics_host, settings.metrics_port)
+        except OSError as exc:
+            fail(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: {exc}")
+        say(f"metrics on http://{settings.metrics_host}:{settings.metrics_port}/metrics")
     from uvicorn.supervisors import Multiprocess
 
     from ..http_guard import GuardedHttpToolsProtocol, Limits
 
+    # JSON logs: uvicorn's own records go through the root logger's JSON formatter too
+    extra: dict[str, Any] = {"log_config": None} if settings.log_format == "json" else {}
     cfg = uvicorn.Config("stepplan.app:app_factory", factory=True, host=host, port=port, workers=workers,
                          loop="uvloop", http=GuardedHttpToolsProtocol,
                          log_level="warning" if level == "info" else level, access_log=False,
                          timeout_keep_alive=75, backlog=4096,
-                         proxy_headers=False)  # client addresses are not used: skip the per-request middleware
+                         proxy_headers=False,  # client addresses are not used: skip the per-request middleware
+                         **extra)
     cfg.stepplan_limits = Limits(settings.max_headers, settings.max_header_bytes,  # type: ignore[attr-defined]
                                  settings.header_timeout, settings.body_timeout)
     server = uvicorn.Server(cfg)
@@ -131,6 +166,13 @@ def serve(ctx: click.Context, config: str | None, host: str, port: int, workers:
             server.run()
     except KeyboardInterrupt:
         pass
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+        if metrics_dir is not None:
+            from ..observability.metrics import remove_multiprocess_dir
+
+            remove_multiprocess_dir(metrics_dir)
     if workers == 1 and not server.started:
         sys.exit(3)  # uvicorn's start-up failure code
 

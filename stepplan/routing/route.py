@@ -69,6 +69,11 @@ class Router:
             self.policy  # noqa: B018 - the property loads the policy
 
     @property
+    def loaded(self) -> bool:
+        """Whether the routing policy (weights and trees) is loaded (readiness)."""
+        return self._policy is not None
+
+    @property
     def policy(self) -> RouterPolicy:
         """Loaded on first use (or by :meth:`preload`), so gateways that never route pay nothing."""
         if self._policy is None:
