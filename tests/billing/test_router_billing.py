@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from stepplan.routing import DEFAULT_PRO_SHARE, RouteInput, RouterScorer
+from stepplan.routing.policy import threshold_for_pro_share
 from tests.billing.conftest import Admin, expected_micro, start_gateway
 from tests.conftest import Gateway
 from tests.fakes.upstream import FakeUpstream, openai_completion, openai_text_stream
@@ -134,7 +135,8 @@ def test_default_router_sends_flash_calls_to_step_3_5_flash_billed_at_its_price(
     """No [router] section at all: an easy call goes to step-3.5-flash (spec §3/§4, the Step Plan
     page) on either client protocol, says so, and is charged at step-3.5-flash's prices."""
     scorer = RouterScorer()
-    assert scorer.score(RouteInput(turns=[("user", "hi")])) < scorer.threshold_for_pro_share(DEFAULT_PRO_SHARE)
+    assert scorer.score(RouteInput(turns=[("user", "hi")])) < threshold_for_pro_share(DEFAULT_PRO_SHARE,
+                                                                          scorer.score_quantiles)
     name, key = admin.account()
     if stream:
         fake.queue_sse(openai_text_stream("routed", usage=USAGE))

@@ -106,7 +106,7 @@ def test_replay(name: str, upstream: str, gateway: Gateway, key: str, agw: Gatew
         assert sent["messages"][0]["role"] == "system"
         names = [t["function"]["name"] for t in sent["tools"]]
         if upstream == "router":
-            assert sent["model"] in ("deepseek-v4-pro", "step-3.7-flash")
+            assert sent["model"] in ("deepseek-v4-pro", "step-3.5-flash")  # the router's two engines
     assert "web_search" not in json.dumps(sent["tools"])
     assert names == (CODEX_TOOLS if codex else [t["name"] for t in cap["body"]["tools"]])
     assert "client_metadata" not in sent and "prompt_cache_key" not in sent

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from stepplan.api.openai_responses import ResponsesState
-from stepplan.settings import Settings
+from stepplan.settings import load_settings
 from stepplan.store import stored_responses as store
 from stepplan.store.db import make_engine, sessionmaker
 from stepplan.store.migrate import migrate
@@ -74,17 +74,19 @@ async def test_expired_responses_are_invisible_and_purged(sessions: async_sessio
         assert await store.remove(db, 1, "new", NOW) is True
 
 
-@pytest.mark.parametrize("cfg, message", [
-    ({"retention_days": 0}, "retention_days"), ({"retention_days": "30"}, "retention_days"),
-    ({"previous_secrets": "old"}, "previous_secrets"), ({"keep": 1}, "unknown keys"),
+@pytest.mark.parametrize("toml, message", [
+    ("retention_days = 0", "responses.retention_days"), ('retention_days = "30"', "responses.retention_days"),
+    ('previous_secrets = "old"', "responses.previous_secrets"), ("keep = 1", "responses.keep: unknown key"),
 ])
-def test_bad_responses_settings_fail_at_start_up(cfg: dict[str, Any], message: str) -> None:
+def test_bad_responses_settings_fail_at_start_up(tmp_path: Path, toml: str, message: str) -> None:
+    (tmp_path / "c.toml").write_text(f"[responses]\n{toml}\n")
     with pytest.raises(ValueError, match=message):
-        ResponsesState(Settings(responses=cfg), None, b"secret")
+        load_settings(tmp_path / "c.toml", env={})
 
 
-def test_responses_settings() -> None:
-    state = ResponsesState(Settings(responses={"retention_days": 0.5, "previous_secrets": ["old"]}), None, b"new")
+def test_responses_settings(tmp_path: Path) -> None:
+    (tmp_path / "c.toml").write_text('[responses]\nretention_days = 0.5\nprevious_secrets = ["old"]\n')
+    state = ResponsesState(load_settings(tmp_path / "c.toml", env={}), None, b"new")
     assert state.retention == 43_200
     from stepplan.reasoning_seal import Sealer
 
