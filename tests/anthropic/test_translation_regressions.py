@@ -53,7 +53,8 @@ def usage_of(events: list[tuple[str | None, dict[str, Any]]], name: str) -> dict
 
 
 # ============================================================================ Anthropic ⇄ OpenAI streaming
-def test_pitfall_01_block_index_state_machine(gateway: Gateway, key: str, agw: Gateway, akey: str,
+# translation-pitfalls.md #1
+def test_block_index_state_machine(gateway: Gateway, key: str, agw: Gateway, akey: str,
                                               fake: FakeUpstream) -> None:
     # OpenAI upstream: reasoning, text, reasoning again, then two calls — every switch opens a new block.
     fake.queue_sse([openai_chunk({"role": "assistant", "content": ""}), openai_chunk({"reasoning_content": "a"}),
@@ -77,7 +78,8 @@ def test_pitfall_01_block_index_state_machine(gateway: Gateway, key: str, agw: G
     check_block_sequence(events)
 
 
-def test_pitfall_02_tool_arguments_streamed_not_lost(client: anthropic.Anthropic, oclient: openai.OpenAI,
+# translation-pitfalls.md #2
+def test_tool_arguments_streamed_not_lost(client: anthropic.Anthropic, oclient: openai.OpenAI,
                                                      fake: FakeUpstream) -> None:
     big = json.dumps({"file_path": "x" * 20_000, "note": "ünïcödé 🚀"})
     pieces = [big[i:i + 400] for i in range(0, len(big), 400)]
@@ -100,7 +102,8 @@ def test_pitfall_02_tool_arguments_streamed_not_lost(client: anthropic.Anthropic
     assert args == {0: pieces, 1: ['{"file_path":"b"}']}
 
 
-def test_pitfall_03_reasoning_stream_is_a_thinking_block_and_one_message_start(gateway: Gateway, key: str,
+# translation-pitfalls.md #3
+def test_reasoning_stream_is_a_thinking_block_and_one_message_start(gateway: Gateway, key: str,
                                                                               fake: FakeUpstream) -> None:
     fake.queue_sse(openai_text_stream("The answer.", reasoning="Thinking hard.", pieces=3))
     events = ask(gateway.anthropic_base, key)
@@ -111,7 +114,8 @@ def test_pitfall_03_reasoning_stream_is_a_thinking_block_and_one_message_start(g
     assert all("Thinking" not in t for t in deltas(events, "text_delta", "text"))
 
 
-def test_pitfall_04_thinking_history_kept_whole_and_in_order(aclient: anthropic.Anthropic,
+# translation-pitfalls.md #4
+def test_thinking_history_kept_whole_and_in_order(aclient: anthropic.Anthropic,
                                                              fake: FakeUpstream) -> None:
     # Obtain genuinely signed blocks from the gateway: one with text, one signature-only.
     fake.queue_sse([message_start(), block_start(0, {"type": "thinking", "thinking": "", "signature": ""}),
@@ -138,7 +142,8 @@ def test_pitfall_04_thinking_history_kept_whole_and_in_order(aclient: anthropic.
         {"type": "tool_use", "id": "t4", "name": "Read", "input": {}}]
 
 
-def test_pitfall_05_usage_in_message_start_and_message_delta(gateway: Gateway, key: str, agw: Gateway, akey: str,
+# translation-pitfalls.md #5
+def test_usage_in_message_start_and_message_delta(gateway: Gateway, key: str, agw: Gateway, akey: str,
                                                               fake: FakeUpstream) -> None:
     fake.queue_sse(anthropic_stream(text="hi", usage_in={
         "input_tokens": 40, "cache_read_input_tokens": 900, "output_tokens": 1,
@@ -161,7 +166,8 @@ def test_pitfall_05_usage_in_message_start_and_message_delta(gateway: Gateway, k
                                                  "cache_creation_input_tokens": 0, "output_tokens": 9}
 
 
-def test_pitfall_06_content_and_finish_in_one_chunk(gateway: Gateway, key: str, fake: FakeUpstream) -> None:
+# translation-pitfalls.md #6
+def test_content_and_finish_in_one_chunk(gateway: Gateway, key: str, fake: FakeUpstream) -> None:
     fake.queue_sse([openai_chunk({"role": "assistant", "content": "all at once"}, "stop",
                                  usage={"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}), "[DONE]"])
     events = ask(gateway.anthropic_base, key)
@@ -171,7 +177,8 @@ def test_pitfall_06_content_and_finish_in_one_chunk(gateway: Gateway, key: str, 
     assert names.index("content_block_delta") < names.index("message_delta")
 
 
-def test_pitfall_07_usage_only_final_chunk_and_missing_usage(gateway: Gateway, key: str, fake: FakeUpstream) -> None:
+# translation-pitfalls.md #7
+def test_usage_only_final_chunk_and_missing_usage(gateway: Gateway, key: str, fake: FakeUpstream) -> None:
     fake.queue_sse([openai_chunk({"role": "assistant", "content": "x"}), openai_chunk({}, "stop"),
                     {"id": "u", "object": "chat.completion.chunk", "created": 1, "model": "fake", "choices": [],
                      "usage": {"prompt_tokens": 8, "completion_tokens": 4, "total_tokens": 12}}, "[DONE]"])
@@ -185,7 +192,8 @@ def test_pitfall_07_usage_only_final_chunk_and_missing_usage(gateway: Gateway, k
     assert u["output_tokens"] > 0 and u["input_tokens"] > 0
 
 
-def test_pitfall_08_split_utf8_and_sse_events(gateway: Gateway, key: str, agw: Gateway, akey: str,
+# translation-pitfalls.md #8
+def test_split_utf8_and_sse_events(gateway: Gateway, key: str, agw: Gateway, akey: str,
                                               fake: FakeUpstream) -> None:
     text = "héllo wörld — 你好 🚀"
     openai_raw = (b": keep-alive comment\n\n"
@@ -206,7 +214,8 @@ def test_pitfall_08_split_utf8_and_sse_events(gateway: Gateway, key: str, agw: G
     assert "".join(deltas(events, "text_delta", "text")) == text
 
 
-def test_pitfall_09_first_chunk_has_role_and_stream_is_not_buffered(agw: Gateway, akey: str,
+# translation-pitfalls.md #9
+def test_first_chunk_has_role_and_stream_is_not_buffered(agw: Gateway, akey: str,
                                                                    fake: FakeUpstream) -> None:
     fake.queue_sse(anthropic_stream(text="one")[:3] + [
         block_delta(0, {"type": "text_delta", "text": f" {w}"}) for w in ("two", "three", "four")]
@@ -226,7 +235,8 @@ def test_pitfall_09_first_chunk_has_role_and_stream_is_not_buffered(agw: Gateway
     assert len(arrivals) >= 4 and arrivals[-1] - arrivals[0] > 0.8, arrivals
 
 
-def test_pitfall_10_client_disconnect_cancels_the_upstream(agw: Gateway, akey: str, fake: FakeUpstream) -> None:
+# translation-pitfalls.md #10
+def test_client_disconnect_cancels_the_upstream(agw: Gateway, akey: str, fake: FakeUpstream) -> None:
     fake.queue_sse(anthropic_stream(text="start")[:3] + [
         block_delta(0, {"type": "text_delta", "text": f" {i}"}) for i in range(20)], delay=0.3)
     with httpx.stream("POST", f"{agw.anthropic_base}/v1/messages", headers={"x-api-key": akey},
@@ -242,7 +252,8 @@ def test_pitfall_10_client_disconnect_cancels_the_upstream(agw: Gateway, akey: s
 
 
 # ============================================================================ request shape
-def test_pitfall_11_beta_query_on_messages_and_count_tokens(gateway: Gateway, key: str) -> None:
+# translation-pitfalls.md #11
+def test_beta_query_on_messages_and_count_tokens(gateway: Gateway, key: str) -> None:
     h = {"x-api-key": key, "anthropic-version": "2023-06-01", "anthropic-beta": "claude-code-20250219"}
     body = {"model": "step-3.5-flash", "max_tokens": 10, "messages": USER}
     assert httpx.post(f"{gateway.anthropic_base}/v1/messages?beta=true", headers=h, json=body).status_code == 200
@@ -253,7 +264,8 @@ def test_pitfall_11_beta_query_on_messages_and_count_tokens(gateway: Gateway, ke
         assert httpx.get(gateway.url + path).status_code == 200
 
 
-def test_pitfall_12_beta_fields_and_headers_are_not_forwarded(gateway: Gateway, key: str, agw: Gateway, akey: str,
+# translation-pitfalls.md #12
+def test_beta_fields_and_headers_are_not_forwarded(gateway: Gateway, key: str, agw: Gateway, akey: str,
                                                               fake: FakeUpstream) -> None:
     beta = {"context_management": {"edits": [{"type": "clear_thinking_20251015", "keep": "all"}]},
             "mcp_servers": [{"type": "url", "url": "https://mcp.example", "name": "x"}], "container": "ctr_1",
@@ -273,7 +285,8 @@ def test_pitfall_12_beta_fields_and_headers_are_not_forwarded(gateway: Gateway, 
         assert sent.body.get("reasoning_effort", sent.body.get("output_config", {}).get("effort")) == "low"
 
 
-def test_pitfall_13_adaptive_thinking_small_budgets_and_disabled_with_effort(agw: Gateway, akey: str,
+# translation-pitfalls.md #13
+def test_adaptive_thinking_small_budgets_and_disabled_with_effort(agw: Gateway, akey: str,
                                                                             fake: FakeUpstream) -> None:
     def send(**kw: Any) -> dict[str, Any]:
         r = httpx.post(f"{agw.anthropic_base}/v1/messages", headers={"x-api-key": akey}, timeout=30,
@@ -291,7 +304,8 @@ def test_pitfall_13_adaptive_thinking_small_budgets_and_disabled_with_effort(agw
     assert "thinking" not in b and b["output_config"] == {"effort": "low"}
 
 
-def test_pitfall_14_system_messages_mid_list_and_trailing(client: anthropic.Anthropic, fake: FakeUpstream) -> None:
+# translation-pitfalls.md #14
+def test_system_messages_mid_list_and_trailing(client: anthropic.Anthropic, fake: FakeUpstream) -> None:
     client.messages.create(model="step-3.5-flash", max_tokens=10, tools=[READ], messages=[
         {"role": "user", "content": "read it"},
         {"role": "system", "content": "before the call"},
@@ -307,7 +321,8 @@ def test_pitfall_14_system_messages_mid_list_and_trailing(client: anthropic.Anth
         "trailing\n</system-reminder>")
 
 
-def test_pitfall_15_images_in_tool_results_and_extra_user_message(client: anthropic.Anthropic, agw: Gateway,
+# translation-pitfalls.md #15
+def test_images_in_tool_results_and_extra_user_message(client: anthropic.Anthropic, agw: Gateway,
                                                                   akey: str, fake: FakeUpstream) -> None:
     png = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg=="
     client.messages.create(model="step-3.7-flash", max_tokens=10, tools=[READ], messages=[
@@ -332,7 +347,8 @@ def test_pitfall_15_images_in_tool_results_and_extra_user_message(client: anthro
     assert {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": png}} in last
 
 
-def test_pitfall_16_count_tokens_includes_system_and_tools(client: anthropic.Anthropic) -> None:
+# translation-pitfalls.md #16
+def test_count_tokens_includes_system_and_tools(client: anthropic.Anthropic) -> None:
     tools = [{**READ, "name": f"Tool{i}", "description": "Does a thing with a file. " * 10} for i in range(10)]
     system = "You are an interactive agent that helps users with software engineering tasks. " * 30
     bare = client.messages.count_tokens(model="step-3.5-flash", messages=USER).input_tokens
@@ -342,7 +358,8 @@ def test_pitfall_16_count_tokens_includes_system_and_tools(client: anthropic.Ant
 
 
 # ============================================================================ DeepSeek-style reasoning upstreams
-def test_pitfall_17_reasoning_content_passed_back_on_every_later_turn(client: anthropic.Anthropic,
+# translation-pitfalls.md #17
+def test_reasoning_content_passed_back_on_every_later_turn(client: anthropic.Anthropic,
                                                                      fake: FakeUpstream) -> None:
     history: list[dict[str, Any]] = [*USER]
     for turn in range(3):
@@ -358,7 +375,8 @@ def test_pitfall_17_reasoning_content_passed_back_on_every_later_turn(client: an
     assert [m["reasoning_content"] for m in fake.last.body["messages"] if m["role"] == "assistant"] == ["r0", "r1"]
 
 
-def test_pitfall_18_contradictory_thinking_fields_are_resolved(agw: Gateway, akey: str, gateway: Gateway, key: str,
+# translation-pitfalls.md #18
+def test_contradictory_thinking_fields_are_resolved(agw: Gateway, akey: str, gateway: Gateway, key: str,
                                                               fake: FakeUpstream) -> None:
     body = {"model": "step-3.7-flash", "max_tokens": 100, "messages": USER, "thinking": {"type": "disabled"},
             "output_config": {"effort": "high"}}
@@ -382,7 +400,8 @@ def test_pitfall_18_contradictory_thinking_fields_are_resolved(agw: Gateway, ake
     assert sent["thinking"] == {"type": "disabled"} and "output_config" not in sent
 
 
-def test_pitfall_19_thinking_mode_sampling_and_output_limits(agw: Gateway, akey: str, fake: FakeUpstream) -> None:
+# translation-pitfalls.md #19
+def test_thinking_mode_sampling_and_output_limits(agw: Gateway, akey: str, fake: FakeUpstream) -> None:
     r = httpx.post(f"{agw.anthropic_base}/v1/messages", headers={"x-api-key": akey}, timeout=30, json={
         "model": "step-3.5-flash", "max_tokens": 300_000, "messages": USER, "temperature": 1.3, "top_k": 5,
         "thinking": {"type": "enabled", "budget_tokens": 4000}})
@@ -396,7 +415,8 @@ def test_pitfall_19_thinking_mode_sampling_and_output_limits(agw: Gateway, akey:
 
 
 # ============================================================================ usage
-def test_pitfall_20_cached_tokens_never_subtracted_on_the_wrong_path(client: anthropic.Anthropic,
+# translation-pitfalls.md #20
+def test_cached_tokens_never_subtracted_on_the_wrong_path(client: anthropic.Anthropic,
                                                                     oclient: openai.OpenAI,
                                                                     fake: FakeUpstream) -> None:
     fake.queue_json(openai_completion("x", usage={"prompt_tokens": 1000, "completion_tokens": 5, "total_tokens": 1005,

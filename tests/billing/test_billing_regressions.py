@@ -40,7 +40,8 @@ def simple(max_tokens: int | None = None) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ 20
-def test_pitfall_20_cached_tokens_are_subtracted_on_the_openai_path_only(
+# translation-pitfalls.md #20
+def test_cached_tokens_are_subtracted_on_the_openai_path_only(
         bgw: Gateway, admin: Admin, bgw_anth: Gateway, admin_anth: Admin, fake: FakeUpstream) -> None:
     want = expected_micro(MODEL, 200, 800, 50)
     # OpenAI upstream: prompt_tokens (1000) INCLUDES the 800 cached tokens.
@@ -71,7 +72,8 @@ def test_pitfall_20_cached_tokens_are_subtracted_on_the_openai_path_only(
     {"input_tokens": 100, "cache_creation": {"ephemeral_5m_input_tokens": 1500, "ephemeral_1h_input_tokens": 500},
      "output_tokens": 10},
 ], ids=["total-only", "split-only"])
-def test_pitfall_21_cache_writes_without_the_ttl_split_are_billed(bgw_anth: Gateway, admin_anth: Admin,
+# translation-pitfalls.md #21
+def test_cache_writes_without_the_ttl_split_are_billed(bgw_anth: Gateway, admin_anth: Admin,
                                                                   fake: FakeUpstream, usage: dict) -> None:
     name, key = admin_anth.account()
     fake.queue_json(anthropic_message("x", usage=usage))
@@ -97,7 +99,8 @@ async def _burst(gw: Gateway, key: str, body: dict, n: int) -> list[httpx.Respon
             "authorization": f"Bearer {key}", "content-type": "application/json"}) for _ in range(n)))
 
 
-def test_pitfall_22_check_then_deduct_overdraw(tmp_path: Path, fake: FakeUpstream) -> None:
+# translation-pitfalls.md #22
+def test_check_then_deduct_overdraw(tmp_path: Path, fake: FakeUpstream) -> None:
     """50 concurrent calls of ~100 units against a balance of ~1000 units: only 10 may pass."""
     body = simple(max_tokens=1000)
     reservation = (len(orjson.dumps(body)) // 3) * 700_000 + 1000 * 2_100_000
@@ -120,7 +123,8 @@ def test_pitfall_22_check_then_deduct_overdraw(tmp_path: Path, fake: FakeUpstrea
         gw.stop()
 
 
-def test_pitfall_22_calls_costing_more_than_reserved_still_cannot_overdraw(tmp_path: Path,
+# translation-pitfalls.md #22
+def test_calls_costing_more_than_reserved_still_cannot_overdraw(tmp_path: Path,
                                                                             fake: FakeUpstream) -> None:
     """Reservations that under-estimate (no max_tokens, huge output): charges are capped at the credit."""
     body = simple(max_tokens=50)
@@ -150,7 +154,8 @@ def test_pitfall_22_calls_costing_more_than_reserved_still_cannot_overdraw(tmp_p
 
 
 # ------------------------------------------------------------------------------------------ 23
-def test_pitfall_23_reservation_is_released_when_the_call_fails(tmp_path: Path, fake: FakeUpstream) -> None:
+# translation-pitfalls.md #23
+def test_reservation_is_released_when_the_call_fails(tmp_path: Path, fake: FakeUpstream) -> None:
     body = simple(max_tokens=1000)
     reservation = (len(orjson.dumps(body)) // 3) * 700_000 + 1000 * 2_100_000
     credits = -(-(reservation * 3 // 2) // 10**6)  # room for exactly one reservation at a time
@@ -190,7 +195,8 @@ def test_pitfall_23_reservation_is_released_when_the_call_fails(tmp_path: Path, 
 
 # ------------------------------------------------------------------------------------------ 24
 @pytest.mark.redis
-def test_pitfall_24_balance_never_goes_negative_or_is_charged_further(tmp_path: Path, fake: FakeUpstream) -> None:
+# translation-pitfalls.md #24
+def test_balance_never_goes_negative_or_is_charged_further(tmp_path: Path, fake: FakeUpstream) -> None:
     if not redis_available():
         pytest.skip("Redis is not running on 127.0.0.1:6379")
     import redis
@@ -240,7 +246,8 @@ def test_pitfall_24_balance_never_goes_negative_or_is_charged_further(tmp_path: 
 
 # ------------------------------------------------------------------------------------------ 25
 @pytest.mark.postgres
-def test_pitfall_25_no_deadlocks_or_dropped_increments_under_load(tmp_path: Path, fake: FakeUpstream,
+# translation-pitfalls.md #25
+def test_no_deadlocks_or_dropped_increments_under_load(tmp_path: Path, fake: FakeUpstream,
                                                                   pg_url: str) -> None:
     """Two processes settle hundreds of calls at once for two accounts whose calls span two
     buckets each: every increment lands, nothing deadlocks."""
