@@ -127,6 +127,7 @@ class Call:
     _recorded: Awaitable[None] | None = None  # the reasoning record's write, when the call made tool calls
     views: dict[str, Request] | None = None  # router calls: what each engine receives (by engine id)
     protocol: str = "openai"  # the client protocol, recorded on the ledger entry
+    ctx: CallContext | None = None  # the latest engine attempt's context (its served_by: upstream/member)
 
     def request_for(self, spec: ModelSpec) -> Request:
         """The request as the engine serving ``spec`` receives it."""
@@ -160,6 +161,8 @@ class Call:
         effort = self.effort
         if effort is not None:
             headers["x-stepplan-effort"] = effort
+        if self.ctx is not None and self.ctx.served_by:
+            headers["x-stepplan-served-by"] = self.ctx.served_by
         if self.spec.kind == "router":
             headers["x-stepplan-routed-model"] = self.served_model.id
             if self.route.reason:
@@ -167,7 +170,8 @@ class Call:
         return headers
 
     def _ctx(self) -> CallContext:
-        return CallContext(self.trace_id, self.gateway.reasoning.restore)
+        self.ctx = CallContext(self.trace_id, self.gateway.reasoning.restore, session=self.req.session_id)
+        return self.ctx
 
     def _settle(self, usage: Usage, status: str, first_byte: float | None) -> Awaitable[None]:
         now = time.perf_counter()

@@ -12,14 +12,17 @@ response head has arrived. Streaming bodies are read as they arrive.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
 import orjson
 
 from ..errors import GatewayError, UpstreamError, UpstreamTimeout, upstream_error_for_status
 from ..settings import UpstreamConfig
+from .base import CallContext
+from .pool import Member, Pool
 from .transport import (
     ConnectError,
     HTTPError,
@@ -43,8 +46,10 @@ def backoff(attempt: int, retry_after: float | None) -> float:
     return min(8.0, 0.25 * (2**attempt)) * (0.5 + random.random() / 2)
 
 
-async def sleep_backoff(attempt: int, retry_after: float | None) -> None:
-    await asyncio.sleep(backoff(attempt, retry_after))
+async def _sleep(seconds: float) -> None:
+    """Wait for a cooling member (tests replace this to record the waits)."""
+    if seconds > 0:
+        await asyncio.sleep(seconds)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -76,80 +81,179 @@ def _error_message(raw: bytes) -> str:
     return raw[:300].decode(errors="replace")
 
 
+AuthHeaders = dict[str, str] | Callable[[str | None], dict[str, str]]
+
+
+class _Sender:
+    """One member's way out: its transport and its rendered static headers."""
+
+    __slots__ = ("member", "static", "transport")
+
+    def __init__(self, member: Member, static: bytes, transport: Transport) -> None:
+        self.member, self.static, self.transport = member, static, transport
+
+
 class HTTPUpstream:
-    def __init__(self, cfg: UpstreamConfig, auth_headers: dict[str, str], transport: Transport | None = None):
+    """An upstream's pool of members (one for the single-member form) with retries across them.
+
+    ``auth`` renders a member's key as headers (or is one fixed dict for every member);
+    ``transport`` is one transport for every member or a mapping member name → transport (tests);
+    by default each member gets :func:`make_transport` for its base URL.
+    """
+
+    def __init__(self, cfg: UpstreamConfig, auth: AuthHeaders,
+                 transport: Transport | Mapping[str, Transport] | None = None, pool: Pool | None = None):
         self.cfg = cfg
-        self.headers = {"content-type": "application/json", **auth_headers, **cfg.headers}
-        self._static = render_headers(self.headers)
-        self.transport = transport if transport is not None else make_transport(cfg)
+        self.pool = pool if pool is not None else Pool(cfg)
+        self.senders: dict[str, _Sender] = {}
+        for m in self.pool.members:
+            auth_headers = auth if isinstance(auth, dict) else auth(m.cfg.api_key)
+            headers = {"content-type": "application/json", **auth_headers, **cfg.headers}
+            if transport is None:
+                t = make_transport(dataclasses.replace(cfg, base_url=m.cfg.base_url))
+            elif isinstance(transport, Mapping):
+                t = transport[m.name]
+            else:
+                t = transport
+            self.senders[m.name] = _Sender(m, render_headers(headers), t)
+        self.transport = next(iter(self.senders.values())).transport
+        self.headers = {"content-type": "application/json", **cfg.headers}
 
     async def aclose(self) -> None:
-        await self.transport.aclose()
+        closed: set[int] = set()
+        for s in self.senders.values():
+            if id(s.transport) not in closed:
+                closed.add(id(s.transport))
+                await s.transport.aclose()
 
-    async def _open(self, path: str, body: dict[str, Any], extra: dict[str, str], stream: bool) -> UpstreamResponse:
-        """Send the request and wait for response headers; retry what is retryable."""
-        cfg = self.cfg
-        headers = self._static + render_headers(extra) if extra else self._static
-        request = UpstreamRequest("POST", path, headers + (_STREAM_ACCEPT if stream else _JSON_ACCEPT),
-                                  orjson.dumps(body), cfg.idle_timeout)
-        handle = self.transport.handle_request
+    def _body_for(self, member: Member, body: dict[str, Any], model: str | None, cache: dict[str, bytes]) -> bytes:
+        name = member.cfg.upstream_model.get(model) if model is not None else None
+        key = name or ""
+        raw = cache.get(key)
+        if raw is None:
+            raw = cache[key] = orjson.dumps({**body, "model": name} if name else body)
+        return raw
+
+    async def _open(self, path: str, body: dict[str, Any], extra: dict[str, str], stream: bool,
+                    ctx: CallContext | None = None, model: str | None = None) -> tuple[UpstreamResponse, Member]:
+        """Send the request and wait for response headers, within the upstream's deadline."""
+        try:
+            async with asyncio.timeout(self.cfg.deadline):
+                return await self._attempts(path, body, extra, stream, ctx, model)
+        except TimeoutError as exc:
+            if isinstance(exc, GatewayError):
+                raise
+            raise UpstreamTimeout(f"upstream {self.cfg.name} did not answer within its "
+                                  f"{self.cfg.deadline:g}s deadline") from exc
+
+    async def _attempts(self, path: str, body: dict[str, Any], extra: dict[str, str], stream: bool,
+                        ctx: CallContext | None, model: str | None) -> tuple[UpstreamResponse, Member]:
+        """Retry what is retryable, moving to another available member after a failure; every
+        send counts against ``max_retries``, whichever member it went to."""
+        cfg, pool = self.cfg, self.pool
+        give_up = pool.clock() + cfg.deadline
+        tail = (render_headers(extra) if extra else b"") + (_STREAM_ACCEPT if stream else _JSON_ACCEPT)
+        bodies: dict[str, bytes] = {}
+        session = ctx.session if ctx is not None else None
+        failed: list[Member] = []  # members that failed this call (tried again only when none is left)
         attempt = 0
+        member: Member | None = None
+        last_delay = 0.0
         while True:
+            if member is None:
+                member = pool.pick(session, failed) or pool.pick(None)
+                if member is None:  # every member is cooling down: wait for the first back
+                    soonest = pool.soonest()
+                    assert soonest is not None
+                    wait = min(max(last_delay, soonest.cooldown_until - pool.clock()), cfg.cooldown_max)
+                    if pool.clock() + wait > give_up:
+                        raise UpstreamError(f"every member of upstream {cfg.name} is cooling down "
+                                            "for longer than the call's deadline")
+                    await _sleep(wait)
+                    member = soonest
+            sender = self.senders[member.name]
+            request = UpstreamRequest("POST", path, sender.static + tail, self._body_for(member, body, model, bodies),
+                                      cfg.idle_timeout)
+            now = pool.clock()
+            member.acquire(now)
+            if ctx is not None:
+                ctx.served_by = f"{cfg.name}/{member.name}"
             try:
                 async with asyncio.timeout(cfg.first_byte_timeout):
-                    resp = await handle(request)
-            except TimeoutError as exc:
-                if attempt < cfg.max_retries:
-                    attempt += 1
-                    await sleep_backoff(attempt, None)
-                    continue
-                raise UpstreamTimeout(f"upstream {cfg.name} did not answer within "
-                                      f"{cfg.first_byte_timeout:g}s") from exc
+                    resp = await sender.transport.handle_request(request)
             except StaleConnection as exc:
+                member.release()
+                member.probing = False
                 if attempt < cfg.max_retries:
-                    attempt += 1  # resent at once: the server closed an idle connection, nothing failed
+                    attempt += 1  # resent at once to the same member: an idle connection closed, nothing failed
                     continue
                 raise UpstreamError(f"bad answer from upstream {cfg.name}: {exc}") from exc
-            except HTTPError as exc:
-                if attempt < cfg.max_retries:
-                    attempt += 1
-                    await sleep_backoff(attempt, None)
+            except (TimeoutError, HTTPError) as exc:
+                member.release()
+                attempt += 1
+                last_delay = backoff(member.failures, None)
+                member.failed(last_delay, pool.clock())
+                failed.append(member)
+                if attempt <= cfg.max_retries:
+                    member = None
                     continue
-                what = "cannot reach" if isinstance(exc, ConnectError) else "bad answer from"
-                raise UpstreamError(f"{what} upstream {cfg.name}: {exc}") from exc
+                if isinstance(exc, HTTPError) and not isinstance(exc, ReadTimeout):
+                    what = "cannot reach" if isinstance(exc, ConnectError) else "bad answer from"
+                    raise UpstreamError(f"{what} upstream {cfg.name}: {exc}") from exc
+                raise UpstreamTimeout(f"upstream {cfg.name} did not answer within "
+                                      f"{cfg.first_byte_timeout:g}s") from exc
+            except BaseException:
+                member.release()
+                member.probing = False
+                raise
             if resp.status < 400:
-                return resp
+                member.succeeded()
+                return resp, member
+            member.release()
             try:
                 raw = await resp.read()
             except HTTPError:
                 raw = b""
             retry_after = parse_retry_after(resp.headers.get("retry-after"))
-            if resp.status in RETRY_STATUSES and attempt < cfg.max_retries:
+            if resp.status in RETRY_STATUSES:
                 attempt += 1
-                await sleep_backoff(attempt, retry_after)
-                continue
+                last_delay = backoff(member.failures, retry_after)
+                member.failed(last_delay, pool.clock())
+                failed.append(member)
+                if attempt <= cfg.max_retries:
+                    member = None
+                    continue
+            else:
+                member.succeeded()  # a 4xx is the request's fault, never the member's
             raise upstream_error_for_status(resp.status, _error_message(raw), retry_after)
 
-    async def post_json(self, path: str, body: dict[str, Any], extra: dict[str, str] | None = None) -> Any:
+    async def post_json(self, path: str, body: dict[str, Any], extra: dict[str, str] | None = None,
+                        ctx: CallContext | None = None, model: str | None = None) -> Any:
+        member: Member | None = None
         try:
             async with asyncio.timeout(self.cfg.total_timeout):
-                resp = await self._open(path, body, extra or {}, False)
+                resp, member = await self._open(path, body, extra or {}, False, ctx, model)
                 raw = await resp.read()
         except ReadTimeout as exc:
             raise UpstreamTimeout(f"upstream {self.cfg.name} went idle for {self.cfg.idle_timeout:g}s") from exc
         except TimeoutError as exc:
+            if isinstance(exc, GatewayError):
+                raise
             raise UpstreamTimeout(f"upstream {self.cfg.name} timed out") from exc
         except HTTPError as exc:
             raise UpstreamError(f"upstream {self.cfg.name} failed mid-response: {exc}") from exc
+        finally:
+            if member is not None:
+                member.release()
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise UpstreamError(f"upstream {self.cfg.name} sent invalid JSON") from exc
 
-    async def stream(self, path: str, body: dict[str, Any], extra: dict[str, str] | None = None
-                     ) -> AsyncGenerator[bytes, None]:
+    async def stream(self, path: str, body: dict[str, Any], extra: dict[str, str] | None = None,
+                     ctx: CallContext | None = None, model: str | None = None) -> AsyncGenerator[bytes, None]:
         """Yield raw body bytes as they arrive. Closing the iterator closes the upstream call."""
-        resp = await self._open(path, body, extra or {}, True)
+        resp, member = await self._open(path, body, extra or {}, True, ctx, model)
         del body  # sent: a long stream should not keep the (possibly large) request alive
         chunks = resp.chunks()
         try:
@@ -167,5 +271,6 @@ class HTTPUpstream:
         except GatewayError:
             raise
         finally:
+            member.release()
             await chunks.aclose()  # a body not read to the end closes its connection
             resp.close()
