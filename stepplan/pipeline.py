@@ -163,9 +163,9 @@ class Call:
             headers["x-stepplan-effort"] = effort
         if self.ctx is not None and self.ctx.served_by:
             headers["x-stepplan-served-by"] = self.ctx.served_by
-        if self.spec.kind == "router":
+        if self.spec.kind == "router" or self.served_model.id != self.spec.id:
             headers["x-stepplan-routed-model"] = self.served_model.id
-            if self.route.reason:
+            if self.spec.kind == "router" and self.route.reason:
                 headers["x-stepplan-route-reason"] = self.route.reason
         return headers
 
@@ -362,10 +362,14 @@ class Gateway:
             self.router.check_fields(req)
         req = check_capabilities(req, spec)
         route = self.router.choose(req, spec)
+        engines = list(route.engines)
+        for e in route.engines:  # [models."X"] fallbacks, after the route's own engines, each model once
+            engines += [f for f in self.catalog.fallback_chain(e) if f not in engines]
+        route.engines = engines
         served = route.engines[0]
         views: dict[str, Request] | None = None
         sent = req
-        if spec.kind == "router":  # each engine (the chosen one and its fallback) gets its own view
+        if spec.kind == "router" or len(route.engines) > 1:  # each engine gets its own view
             views = {e.id: _engine_view(req, e) for e in route.engines}
             sent = views[served.id]
         elif served is not spec:

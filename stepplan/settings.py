@@ -458,6 +458,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
             raise ConfigError("server.default_upstream", f"{s.default_upstream!r} is not a configured upstream")
         try:
             s.catalog = Catalog.build(file.models)
+            s.catalog.check_fallbacks()
         except ValueError as exc:
             raise ConfigError("", str(exc)) from None
         for spec in s.catalog.models.values():
