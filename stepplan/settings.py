@@ -72,6 +72,8 @@ class ServerConfig:
     max_header_bytes: int = 64 * 1024
     header_timeout: float = 15.0
     body_timeout: float = 120.0
+    # streams waiting for their first token get a keep-alive ping this often (issue 14)
+    stream_ping_seconds: float = 10.0
 
     def check(self) -> None:
         if self.max_body_bytes < 1:
@@ -81,7 +83,7 @@ class ServerConfig:
         for key in ("max_headers", "max_header_bytes"):
             if getattr(self, key) < 1:
                 raise ConfigError(key, "must be positive")
-        for key in ("header_timeout", "body_timeout"):
+        for key in ("header_timeout", "body_timeout", "stream_ping_seconds"):
             if not getattr(self, key) > 0:
                 raise ConfigError(key, "must be a positive number of seconds")
         if self.log_level.lower() not in LOG_LEVELS:
