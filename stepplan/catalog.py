@@ -39,6 +39,7 @@ class ModelSpec:
     price_windows: tuple[dict[str, Any], ...] = ()  # optional time-of-day price windows
     default_effort: str | None = None  # the level used without one, and for ties; None: the middle level
     thinking_style: str = ""  # one of THINKING_STYLES: how the upstream is told to think or not
+    fallbacks: tuple[str, ...] = ()  # models tried in order when this one fails before the first byte
     # Every effort word → the level this model uses (stepplan.protocols.effort); built once.
     effort_table: dict[str, str | None] = field(init=False, repr=False, compare=False)
 
@@ -87,7 +88,7 @@ DEFAULT_MODELS: tuple[ModelSpec, ...] = (
 _SPEC_FIELDS = {
     "context_length", "max_output", "input_modalities", "efforts", "price_input", "price_cache",
     "price_output", "public", "kind", "reasoning", "owned_by", "upstream", "upstream_model", "price_windows",
-    "default_effort", "thinking_style",
+    "default_effort", "thinking_style", "fallbacks",
 }
 
 
@@ -103,7 +104,7 @@ class Catalog:
             if unknown:
                 raise ValueError(f"models.{name}: unknown keys {sorted(unknown)}")
             values = dict(raw)
-            for key in ("input_modalities", "efforts", "price_windows"):
+            for key in ("input_modalities", "efforts", "price_windows", "fallbacks"):
                 if key in values:
                     values[key] = tuple(values[key])
             for key in ("price_input", "price_cache", "price_output"):
@@ -121,6 +122,46 @@ class Catalog:
                 values["default_effort"] = None  # new levels: the old default may not be one of them
             models[name] = replace(base, **values)
         return cls(models)
+
+    def fallback_chain(self, spec: ModelSpec) -> list[ModelSpec]:
+        """``spec``'s fallbacks in order, each followed by its own (depth first, each model once)."""
+        out: list[ModelSpec] = []
+        seen = {spec.id}
+
+        def walk(m: ModelSpec) -> None:
+            for name in m.fallbacks:
+                if name not in seen:
+                    seen.add(name)
+                    out.append(self.models[name])
+                    walk(self.models[name])
+
+        walk(spec)
+        return out
+
+    def check_fallbacks(self) -> None:
+        """ValueError naming the model for a fallback to an unknown model, to a router, or a cycle."""
+        for m in self.models.values():
+            for name in m.fallbacks:
+                target = self.models.get(name)
+                if target is None:
+                    raise ValueError(f"models.{m.id}.fallbacks: {name!r} is not a model of the catalog")
+                if target.kind == "router" or name == m.id:
+                    raise ValueError(f"models.{m.id}.fallbacks: {name!r} cannot be a fallback")
+        state: dict[str, int] = {}  # 1: on the path, 2: done
+
+        def visit(mid: str, path: list[str]) -> None:
+            state[mid] = 1
+            for name in self.models[mid].fallbacks:
+                if state.get(name) == 1:
+                    cycle = " → ".join([*path[path.index(name):], name])
+                    raise ValueError(f"models.{mid}.fallbacks: a fallback cycle ({cycle})")
+                if name not in state:
+                    visit(name, [*path, name])
+            state[mid] = 2
+
+        for mid in self.models:
+            if mid not in state:
+                visit(mid, [mid])
 
     def public(self) -> list[ModelSpec]:
         return [m for m in self.models.values() if m.public]

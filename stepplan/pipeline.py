@@ -131,6 +131,7 @@ class Call:
     protocol: str = "openai"  # the client protocol, recorded on the ledger entry (and the metrics label)
     error_code: str | None = None  # the StepFun code of the last upstream failure (metrics, logs)
     finish: str | None = None  # the finish reason (traces)
+    ctx: CallContext | None = None  # the latest engine attempt's context (its served_by: upstream/member)
 
     def request_for(self, spec: ModelSpec) -> Request:
         """The request as the engine serving ``spec`` receives it."""
@@ -166,14 +167,17 @@ class Call:
         effort = self.effort
         if effort is not None:
             headers["x-stepplan-effort"] = effort
-        if self.spec.kind == "router":
+        if self.ctx is not None and self.ctx.served_by:
+            headers["x-stepplan-served-by"] = self.ctx.served_by
+        if self.spec.kind == "router" or self.served_model.id != self.spec.id:
             headers["x-stepplan-routed-model"] = self.served_model.id
-            if self.route.reason:
+            if self.spec.kind == "router" and self.route.reason:
                 headers["x-stepplan-route-reason"] = self.route.reason
         return headers
 
     def _ctx(self) -> CallContext:
-        return CallContext(self.trace_id, self.gateway.reasoning.restore)
+        self.ctx = CallContext(self.trace_id, self.gateway.reasoning.restore, session=self.req.session_id)
+        return self.ctx
 
     def _settle(self, usage: Usage, status: str, first_byte: float | None) -> Awaitable[None]:
         now = time.perf_counter()
@@ -376,12 +380,16 @@ class Gateway:
         req = check_capabilities(req, spec)
         with tracing.child("route"):
             route = self.router.choose(req, spec)
+        engines = list(route.engines)
+        for e in route.engines:  # [models."X"] fallbacks, after the route's own engines, each model once
+            engines += [f for f in self.catalog.fallback_chain(e) if f not in engines]
+        route.engines = engines
         served = route.engines[0]
         if spec.kind == "router":
             self.observer.routed(served.id, route.reason, route.score)
         views: dict[str, Request] | None = None
         sent = req
-        if spec.kind == "router":  # each engine (the chosen one and its fallback) gets its own view
+        if spec.kind == "router" or len(route.engines) > 1:  # each engine gets its own view
             views = {e.id: _engine_view(req, e) for e in route.engines}
             sent = views[served.id]
         elif served is not spec:

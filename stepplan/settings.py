@@ -79,6 +79,8 @@ class ServerConfig:
     metrics_host: str = "127.0.0.1"  # the address the metrics port binds to
     metrics_account_labels: bool = False  # opt-in: per-account and per-key series
     log_format: str = "text"  # "text" | "json"
+    # streams waiting for their first token get a keep-alive ping this often (issue 14)
+    stream_ping_seconds: float = 10.0
 
     def check(self) -> None:
         if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
@@ -92,11 +94,36 @@ class ServerConfig:
         for key in ("max_headers", "max_header_bytes"):
             if getattr(self, key) < 1:
                 raise ConfigError(key, "must be positive")
-        for key in ("header_timeout", "body_timeout"):
+        for key in ("header_timeout", "body_timeout", "stream_ping_seconds"):
             if not getattr(self, key) > 0:
                 raise ConfigError(key, "must be a positive number of seconds")
         if self.log_level.lower() not in LOG_LEVELS:
             raise ConfigError("log_level", f"must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
+
+
+@dataclass(slots=True)
+class MemberConfig:
+    """``[[upstreams.NAME.members]]``: one key and/or endpoint of a pool (see engines/pool.py)."""
+
+    name: str
+    base_url: str = ""  # empty: the upstream's base_url
+    api_key: str | None = None
+    api_key_env: str | None = None
+    weight: float = 1.0
+    max_concurrency: int | None = None
+    rpm: int | None = None
+    upstream_model: dict[str, str] = field(default_factory=dict)  # model id → the name this member knows
+
+    def check(self) -> None:
+        if not self.name:
+            raise ConfigError("name", "must not be empty")
+        if not (self.weight > 0 and math.isfinite(self.weight)):
+            raise ConfigError("weight", f"must be a number > 0, not {self.weight!r}")
+        for key in ("max_concurrency", "rpm"):
+            v = getattr(self, key)
+            if v is not None and v < 1:
+                raise ConfigError(key, "must be positive")
+        self.base_url = self.base_url.rstrip("/")
 
 
 @dataclass(slots=True)
@@ -118,30 +145,77 @@ class UpstreamConfig:
     replay_reasoning: bool = True
     n_ctx: int = 4096
     n_threads: int | None = None
+    # pools (engines/pool.py): members, health and the per-call deadline
+    members: list[MemberConfig] = field(default_factory=list)
+    deadline: float = 300.0  # a call's whole wait for an answer head, every member and retry included
+    breaker_failures: int = 3  # consecutive failures that open a member's circuit breaker
+    cooldown_max: float = 30.0  # the longest a failed member is kept out of rotation
+    affinity_seconds: float = 1800.0  # a conversation keeps its member this long (prompt-cache affinity)
+
+    def pool_members(self) -> list[MemberConfig]:
+        """The pool: the members, base URL and key defaulting to the upstream's; without
+        ``members``, one member named ``default`` from the upstream's own keys."""
+        if not self.members:
+            return [MemberConfig(name="default", base_url=self.base_url, api_key=self.api_key)]
+        return [m if m.base_url else dataclasses.replace(m, base_url=self.base_url) for m in self.members]
 
     def check(self) -> None:
         if self.protocol not in PROTOCOLS:
             raise ConfigError("protocol", f"must be one of {PROTOCOLS}, not {self.protocol!r}")
-        for key in ("connect_timeout", "first_byte_timeout", "idle_timeout", "total_timeout"):
+        for key in ("connect_timeout", "first_byte_timeout", "idle_timeout", "total_timeout", "deadline",
+                    "cooldown_max"):
             if not getattr(self, key) > 0:
                 raise ConfigError(key, "must be a positive number of seconds")
         if self.max_retries < 0:
             raise ConfigError("max_retries", "must be 0 or more")
         if self.max_connections < 1:
             raise ConfigError("max_connections", "must be positive")
+        if self.breaker_failures < 1:
+            raise ConfigError("breaker_failures", "must be positive")
+        if self.affinity_seconds < 0:
+            raise ConfigError("affinity_seconds", "must be 0 or more")
         self.base_url = self.base_url.rstrip("/")
         if self.protocol == "local":
+            if self.members:
+                raise ConfigError("members", "a local upstream has no members")
             return
-        if not self.base_url:
-            raise ConfigError("base_url", f"is required for protocol {self.protocol!r}")
         from .engines._h1 import parse_base_url
         from .engines.transport import render_headers
 
-        try:
-            parse_base_url(self.base_url)
-            render_headers({**self.headers, "authorization": self.api_key or ""})
-        except ValueError as exc:
-            raise ConfigError("", str(exc)) from None
+        names = [m.name for m in self.members]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise ConfigError(f"members[{i}].name", f"{name!r} is used by another member")
+        for i, m in enumerate(self.pool_members()):
+            where = f"members[{i}]" if self.members else ""
+            if not m.base_url:
+                raise ConfigError(f"{where}.base_url" if where else "base_url",
+                                  f"is required for protocol {self.protocol!r}")
+            try:
+                parse_base_url(m.base_url)
+                render_headers({**self.headers, "authorization": m.api_key or self.api_key or ""})
+            except ValueError as exc:
+                raise ConfigError(where, str(exc)) from None
+
+    def resolve_keys(self, env: dict[str, str]) -> None:
+        """Read ``api_key_env`` variables (upstream and members); a pool whose members all lack
+        a key fails start-up (a member without one gets the upstream's key, if any)."""
+        if self.api_key_env:
+            self.api_key = env.get(self.api_key_env, self.api_key)
+        for m in self.members:
+            if m.api_key_env:
+                m.api_key = env.get(m.api_key_env, m.api_key)
+            if m.api_key is None:
+                m.api_key = self.api_key
+        if self.members and not any(m.api_key for m in self.members):
+            envs = [m.api_key_env for m in self.members if m.api_key_env]
+            hint = f" (is {', '.join(envs)} set?)" if envs else ""
+            raise ConfigError(f"upstreams.{self.name}.members", f"no member has an API key{hint}")
+        if self.protocol != "local":
+            try:
+                self.check()  # a key from the environment must be a valid header value too
+            except ConfigError as exc:
+                raise exc.within(f"upstreams.{self.name}") from None
 
 
 @dataclass(slots=True)
@@ -393,10 +467,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
         s.database_url = env.get("STEPPLAN_DATABASE_URL") or file.database.url or s.database_url
         s.redis_url = env.get("STEPPLAN_REDIS_URL") or file.redis.url or None
         for name, up in file.upstreams.items():
-            if up.api_key_env:
-                up.api_key = env.get(up.api_key_env, up.api_key)
-                if up.protocol != "local":
-                    up.check()  # the key from the environment must be a valid header value too
+            up.resolve_keys(env)
             s.upstreams[name] = up
         if not s.upstreams:
             s.upstreams["local"] = UpstreamConfig(name="local", protocol="local")
@@ -406,6 +477,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
             raise ConfigError("server.default_upstream", f"{s.default_upstream!r} is not a configured upstream")
         try:
             s.catalog = Catalog.build(file.models)
+            s.catalog.check_fallbacks()
         except ValueError as exc:
             raise ConfigError("", str(exc)) from None
         for spec in s.catalog.models.values():

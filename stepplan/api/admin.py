@@ -15,6 +15,7 @@ not exist. Errors use the OpenAI error shape.
     GET    /admin/v1/accounts/{name}/usage?from=&to=&model=
     GET    /admin/v1/ledger/check
     GET    /admin/v1/ledger/entries?account=NAME&limit=100   (newest first)
+    GET    /admin/v1/upstreams                     (each pool member's health, this process)
 """
 
 from __future__ import annotations
@@ -244,6 +245,11 @@ async def ledger_entries(request: HTTPRequest) -> Response:
     return JSONResponse({"data": data})
 
 
+async def upstreams(request: HTTPRequest) -> Response:
+    _guard(request)
+    return JSONResponse({"data": request.app.state.gateway.engines.upstream_states()})
+
+
 async def not_found(request: HTTPRequest) -> Response:
     _guard(request)
     raise NotFound(f"no route for {request.method} {request.url.path}")
@@ -261,5 +267,6 @@ ROUTES: list = [
     ("/admin/v1/keys/{key_id}", key, ["DELETE"]),
     ("/admin/v1/ledger/check", ledger_check, ["GET"]),
     ("/admin/v1/ledger/entries", ledger_entries, ["GET"]),
+    ("/admin/v1/upstreams", upstreams, ["GET"]),
     ("/admin/v1/{rest:path}", not_found, ["GET", "POST", "PUT", "PATCH", "DELETE"]),
 ]

@@ -16,7 +16,17 @@ from starlette.responses import Response
 from ..protocols.anthropic_request import decode_request
 from ..protocols.anthropic_response import StreamEncoder, encode_response
 from ..tokens import count_request
-from .common import authenticate, read_json, session_id, sse_body, trace_id, until_disconnect
+from .common import (
+    PING_ANTHROPIC,
+    authenticate,
+    open_stream,
+    pinged_body,
+    read_json,
+    session_id,
+    sse_body,
+    trace_id,
+    until_disconnect,
+)
 from .responses import JSONResponse, SSEResponse
 
 log = logging.getLogger("stepplan.api")
@@ -36,10 +46,14 @@ async def messages(request: HTTPRequest) -> Response:
         resp = await until_disconnect(request, call.complete())
         headers = {**call.headers(arrived), "request-id": trace}
         return JSONResponse(encode_response(resp, req.model, msg_id, gw.signer), headers=headers)
-    await until_disconnect(request, call.open())
+    interval = gw.settings.server.stream_ping_seconds
+    opening = await open_stream(request, call, interval)
     headers = {**call.headers(arrived), "request-id": trace}
     enc = StreamEncoder(msg_id, req.model, gw.signer)
-    return SSEResponse(sse_body(call, enc, lambda e: e.anthropic_body(trace), trace), headers=headers)
+    frames = sse_body(call, enc, lambda e: e.anthropic_body(trace), trace)
+    if opening is not None:  # no first token yet: start the stream and keep it alive
+        frames = pinged_body(opening, PING_ANTHROPIC, interval, frames, enc, lambda e: e.anthropic_body(trace))
+    return SSEResponse(frames, headers=headers)
 
 
 async def count_tokens(request: HTTPRequest) -> Response:

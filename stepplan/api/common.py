@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -193,3 +194,55 @@ async def sse_body(call: Call, enc: StreamCodec, error_body: Callable[[GatewayEr
         yield enc.error(error_body(GatewayError(f"internal error; quote trace id {trace} when reporting it")))
     finally:
         await stream.aclose()
+
+
+# Keep-alive while a stream waits for its first token (issue 14): proxies cut idle streams.
+PING_SSE = b": ping\n\n"  # an SSE comment: OpenAI chat and Responses clients skip it
+PING_ANTHROPIC = b'event: ping\ndata: {"type": "ping"}\n\n'
+
+
+async def open_stream(request: HTTPRequest, call: Call, interval: float) -> asyncio.Task[Any] | None:
+    """Open the call (its first event), waiting up to ``interval``: None when it opened (a failure
+    before then is raised, an HTTP error as always); else the still-running open, for
+    :func:`pinged_body` to send pings over until it ends."""
+    task: asyncio.Task[Any] = asyncio.ensure_future(call.open())
+    try:
+        await until_disconnect(request, asyncio.wait_for(asyncio.shield(task), interval))
+    except TimeoutError:
+        if not task.done():
+            return task
+        task.result()  # it ended just now: its own outcome
+    except BaseException:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        raise
+    return None
+
+
+async def pinged_body(opening: asyncio.Task[Any], ping: bytes, interval: float, frames: AsyncIterator[bytes],
+                      enc: StreamCodec, error_body: Callable[[GatewayError], dict[str, Any]]) -> AsyncIterator[bytes]:
+    """A ping every ``interval`` until the call has opened, then its frames; a failure before the
+    first event (every member and fallback failed, or the deadline passed) becomes the protocol's
+    error event, since the response has started."""
+    try:
+        while not opening.done():
+            await asyncio.wait({opening}, timeout=interval)
+            if not opening.done():
+                yield ping
+        try:
+            opening.result()
+        except GatewayError as exc:
+            yield enc.error(error_body(exc))
+            return
+        async for out in frames:
+            yield out
+    finally:
+        if not opening.done():
+            opening.cancel()
+            with contextlib.suppress(BaseException):
+                await opening
+        close = getattr(frames, "aclose", None)
+        if close is not None:
+            await close()

@@ -11,7 +11,17 @@ from ..catalog import model_card
 from ..errors import ModelNotFound
 from ..protocols.openai_request import decode_request
 from ..protocols.openai_response import StreamEncoder, encode_response
-from .common import authenticate, read_json, session_id, sse_body, trace_id, until_disconnect
+from .common import (
+    PING_SSE,
+    authenticate,
+    open_stream,
+    pinged_body,
+    read_json,
+    session_id,
+    sse_body,
+    trace_id,
+    until_disconnect,
+)
 from .responses import JSONResponse, SSEResponse
 
 
@@ -28,9 +38,13 @@ async def chat_completions(request: HTTPRequest) -> Response:
         resp = await until_disconnect(request, call.complete())
         resp.id = f"chatcmpl-{trace}"
         return JSONResponse(encode_response(resp, req.model), headers=call.headers(arrived))
-    await until_disconnect(request, call.open())
+    interval = gw.settings.server.stream_ping_seconds
+    opening = await open_stream(request, call, interval)
     enc = StreamEncoder(f"chatcmpl-{trace}", req.model, req.include_usage, int(time.time()))
-    return SSEResponse(sse_body(call, enc, lambda e: e.openai_body(trace), trace), headers=call.headers(arrived))
+    frames = sse_body(call, enc, lambda e: e.openai_body(trace), trace)
+    if opening is not None:  # no first token yet: start the stream and keep it alive
+        frames = pinged_body(opening, PING_SSE, interval, frames, enc, lambda e: e.openai_body(trace))
+    return SSEResponse(frames, headers=call.headers(arrived))
 
 
 async def list_models(request: HTTPRequest) -> Response:

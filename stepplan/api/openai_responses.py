@@ -30,7 +30,17 @@ from ..reasoning_seal import Sealer
 from ..settings import Settings
 from ..store import stored_responses
 from ..store.accounts import KeyInfo
-from .common import authenticate, read_json, session_id, sse_body, trace_id, until_disconnect
+from .common import (
+    PING_SSE,
+    authenticate,
+    open_stream,
+    pinged_body,
+    read_json,
+    session_id,
+    sse_body,
+    trace_id,
+    until_disconnect,
+)
 from .responses import JSONResponse, SSEResponse
 
 log = logging.getLogger("stepplan.api")
@@ -143,9 +153,12 @@ async def create(request: HTTPRequest) -> Response:
         if stored is not None:
             await state.save(key, shape, stored)
         return JSONResponse(client, headers=_headers(call, arrived, dropped))
-    await until_disconnect(request, call.open())
+    interval = gw.settings.server.stream_ping_seconds
+    opening = await open_stream(request, call, interval)
     enc = StreamEncoder(answer)
     frames = sse_body(call, enc, lambda e: e.openai_body(trace), trace)
+    if opening is not None:  # no first token yet: start the stream and keep it alive
+        frames = pinged_body(opening, PING_SSE, interval, frames, enc, lambda e: e.openai_body(trace))
     return SSEResponse(_storing(frames, enc, state, key, shape), headers=_headers(call, arrived, dropped))
 
 

@@ -12,8 +12,9 @@ response head has arrived. Streaming bodies are read as they arrive.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any, Protocol
 
 import orjson
@@ -22,6 +23,8 @@ from ..errors import GatewayError, UpstreamError, UpstreamTimeout, upstream_erro
 from ..logs import REDACTED
 from ..observability import tracing
 from ..settings import UpstreamConfig
+from .base import CallContext
+from .pool import Member, Pool
 from .transport import (
     ConnectError,
     HTTPError,
@@ -45,8 +48,10 @@ def backoff(attempt: int, retry_after: float | None) -> float:
     return min(8.0, 0.25 * (2**attempt)) * (0.5 + random.random() / 2)
 
 
-async def sleep_backoff(attempt: int, retry_after: float | None) -> None:
-    await asyncio.sleep(backoff(attempt, retry_after))
+async def _sleep(seconds: float) -> None:
+    """Wait for a cooling member (tests replace this to record the waits)."""
+    if seconds > 0:
+        await asyncio.sleep(seconds)
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -63,6 +68,22 @@ def make_transport(cfg: UpstreamConfig) -> Transport:
     from ._h1 import ConnectionPool
 
     return ConnectionPool(cfg.base_url, max_connections=cfg.max_connections, connect_timeout=cfg.connect_timeout)
+
+
+def _error_message(raw: bytes) -> str:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw[:300].decode(errors="replace") or "no body"
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict) and err.get("message"):
+        return str(err["message"])
+    if isinstance(err, str):
+        return err
+    return raw[:300].decode(errors="replace")
+
+
+AuthHeaders = dict[str, str] | Callable[[str | None], dict[str, str]]
 
 
 class UpstreamObserver(Protocol):
@@ -102,120 +123,203 @@ def _status_kind(status: int) -> str:
     return "5xx" if status >= 500 else "4xx"
 
 
-def _error_message(raw: bytes) -> str:
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return raw[:300].decode(errors="replace") or "no body"
-    err = body.get("error") if isinstance(body, dict) else None
-    if isinstance(err, dict) and err.get("message"):
-        return str(err["message"])
-    if isinstance(err, str):
-        return err
-    return raw[:300].decode(errors="replace")
+def _end(span: Any, failure: str | None) -> None:
+    """End an attempt's span (tracing on), marking it failed when ``failure`` is given."""
+    if span is None:
+        return
+    if failure is not None:
+        tracing.fail(span, failure)
+    span.end()
+
+
+class _Sender:
+    """One member's way out: its transport and its rendered static headers."""
+
+    __slots__ = ("member", "static", "transport")
+
+    def __init__(self, member: Member, static: bytes, transport: Transport) -> None:
+        self.member, self.static, self.transport = member, static, transport
 
 
 class HTTPUpstream:
-    def __init__(self, cfg: UpstreamConfig, auth_headers: dict[str, str], transport: Transport | None = None):
-        self.cfg = cfg
-        self._secret = cfg.api_key or ""
-        self.headers = {"content-type": "application/json", **auth_headers, **cfg.headers}
-        self._static = render_headers(self.headers)
-        self.transport = transport if transport is not None else make_transport(cfg)
+    """An upstream's pool of members (one for the single-member form) with retries across them.
 
-    async def aclose(self) -> None:
-        await self.transport.aclose()
+    ``auth`` renders a member's key as headers (or is one fixed dict for every member);
+    ``transport`` is one transport for every member or a mapping member name → transport (tests);
+    by default each member gets :func:`make_transport` for its base URL.
+    """
+
+    def __init__(self, cfg: UpstreamConfig, auth: AuthHeaders,
+                 transport: Transport | Mapping[str, Transport] | None = None, pool: Pool | None = None):
+        self.cfg = cfg
+        self.pool = pool if pool is not None else Pool(cfg)
+        self.senders: dict[str, _Sender] = {}
+        for m in self.pool.members:
+            auth_headers = auth if isinstance(auth, dict) else auth(m.cfg.api_key)
+            headers = {"content-type": "application/json", **auth_headers, **cfg.headers}
+            if transport is None:
+                t = make_transport(dataclasses.replace(cfg, base_url=m.cfg.base_url))
+            elif isinstance(transport, Mapping):
+                t = transport[m.name]
+            else:
+                t = transport
+            self.senders[m.name] = _Sender(m, render_headers(headers), t)
+        self.transport = next(iter(self.senders.values())).transport
+        self.headers = {"content-type": "application/json", **cfg.headers}
+        self._secrets = [m.cfg.api_key for m in self.pool.members if m.cfg.api_key]
 
     def _message(self, raw: bytes) -> str:
-        """An upstream's error text, without the upstream key should it echo it back."""
+        """An upstream's error text, without any member's key should the upstream echo it back."""
         msg = _error_message(raw)
-        return msg.replace(self._secret, REDACTED) if self._secret and self._secret in msg else msg
+        for secret in self._secrets:
+            if secret in msg:
+                msg = msg.replace(secret, REDACTED)
+        return msg
 
-    async def _open(self, path: str, body: dict[str, Any], extra: dict[str, str], stream: bool
-                    ) -> tuple[UpstreamResponse, Any]:
-        """Send the request and wait for response headers; retry what is retryable (every send counts
-        against ``max_retries``). Returns the response and, with tracing on, the open span of the
-        attempt that answered (else None)."""
-        cfg = self.cfg
-        headers = self._static + render_headers(extra) if extra else self._static
-        request = UpstreamRequest("POST", path, headers + (_STREAM_ACCEPT if stream else _JSON_ACCEPT),
-                                  orjson.dumps(body), cfg.idle_timeout)
-        handle = self.transport.handle_request
+    async def aclose(self) -> None:
+        closed: set[int] = set()
+        for s in self.senders.values():
+            if id(s.transport) not in closed:
+                closed.add(id(s.transport))
+                await s.transport.aclose()
+
+    def _body_for(self, member: Member, body: dict[str, Any], model: str | None, cache: dict[str, bytes]) -> bytes:
+        name = member.cfg.upstream_model.get(model) if model is not None else None
+        key = name or ""
+        raw = cache.get(key)
+        if raw is None:
+            raw = cache[key] = orjson.dumps({**body, "model": name} if name else body)
+        return raw
+
+    async def _open(self, path: str, body: dict[str, Any], extra: dict[str, str], stream: bool,
+                    ctx: CallContext | None = None, model: str | None = None
+                    ) -> tuple[UpstreamResponse, Member, Any]:
+        """Send the request and wait for response headers, within the upstream's deadline. Returns the
+        response, the member that answered and, with tracing on, its attempt's open span (else None)."""
+        try:
+            async with asyncio.timeout(self.cfg.deadline):
+                return await self._attempts(path, body, extra, stream, ctx, model)
+        except TimeoutError as exc:
+            if isinstance(exc, GatewayError):
+                raise
+            raise UpstreamTimeout(f"upstream {self.cfg.name} did not answer within its "
+                                  f"{self.cfg.deadline:g}s deadline") from exc
+
+    async def _attempts(self, path: str, body: dict[str, Any], extra: dict[str, str], stream: bool,
+                        ctx: CallContext | None, model: str | None) -> tuple[UpstreamResponse, Member, Any]:
+        """Retry what is retryable, moving to another available member after a failure; every
+        send counts against ``max_retries``, whichever member it went to."""
+        cfg, pool = self.cfg, self.pool
         name, obs = cfg.name, _observer
+        give_up = pool.clock() + cfg.deadline
+        tail = (render_headers(extra) if extra else b"") + (_STREAM_ACCEPT if stream else _JSON_ACCEPT)
+        bodies: dict[str, bytes] = {}
+        session = ctx.session if ctx is not None else None
+        failed: list[Member] = []  # members that failed this call (tried again only when none is left)
         attempt = 0
+        member: Member | None = None
+        last_delay = 0.0
         while True:
+            if member is None:
+                member = pool.pick(session, failed) or pool.pick(None)
+                if member is None:  # every member is cooling down: wait for the first back
+                    soonest = pool.soonest()
+                    assert soonest is not None
+                    wait = min(max(last_delay, soonest.cooldown_until - pool.clock()), cfg.cooldown_max)
+                    if pool.clock() + wait > give_up:
+                        raise UpstreamError(f"every member of upstream {cfg.name} is cooling down "
+                                            "for longer than the call's deadline")
+                    await _sleep(wait)
+                    member = soonest
+            sender = self.senders[member.name]
+            head = sender.static + tail
             span = None
-            sent = request
             if tracing.enabled:
                 span = tracing.start_child("upstream", {"stepplan.upstream": name, "stepplan.attempt": attempt + 1,
-                                                        "url.path": path})
-                sent = UpstreamRequest(request.method, request.path, request.headers + b"traceparent: "
-                                       + tracing.traceparent(span).encode() + b"\r\n", request.body,
-                                       request.idle_timeout)
+                                                        "stepplan.member": member.name, "url.path": path})
+                head += b"traceparent: " + tracing.traceparent(span).encode() + b"\r\n"
+            request = UpstreamRequest("POST", path, head, self._body_for(member, body, model, bodies), cfg.idle_timeout)
+            now = pool.clock()
+            member.acquire(now)
+            if ctx is not None:
+                ctx.served_by = f"{cfg.name}/{member.name}"
             try:
                 async with asyncio.timeout(cfg.first_byte_timeout):
-                    resp = await handle(sent)
-            except TimeoutError as exc:
-                retry = attempt < cfg.max_retries
-                obs.upstream_error(name, "timeout", retry)
-                _end(span, "timeout")
-                if retry:
-                    attempt += 1
-                    await sleep_backoff(attempt, None)
-                    continue
-                raise UpstreamTimeout(f"upstream {cfg.name} did not answer within "
-                                      f"{cfg.first_byte_timeout:g}s") from exc
+                    resp = await sender.transport.handle_request(request)
             except StaleConnection as exc:
-                retry = attempt < cfg.max_retries
+                member.release()
+                member.probing = False
                 _end(span, type(exc).__name__)
-                if retry:
-                    attempt += 1  # resent at once: the server closed an idle connection, nothing failed
+                if attempt < cfg.max_retries:
+                    attempt += 1  # resent at once to the same member: an idle connection closed, nothing failed
                     continue
                 obs.upstream_error(name, "bad_response", False)
                 raise UpstreamError(f"bad answer from upstream {cfg.name}: {exc}") from exc
-            except HTTPError as exc:
-                retry = attempt < cfg.max_retries
-                obs.upstream_error(name, "connect" if isinstance(exc, ConnectError) else "bad_response", retry)
+            except (TimeoutError, HTTPError) as exc:
+                member.release()
+                attempt += 1
+                last_delay = backoff(member.failures, None)
+                member.failed(last_delay, pool.clock())
+                failed.append(member)
+                kind = ("connect" if isinstance(exc, ConnectError) else "timeout"
+                        if isinstance(exc, TimeoutError) else "bad_response")
+                obs.upstream_error(name, kind, attempt <= cfg.max_retries)
                 _end(span, type(exc).__name__)
-                if retry:
-                    attempt += 1
-                    await sleep_backoff(attempt, None)
+                if attempt <= cfg.max_retries:
+                    member = None
                     continue
-                what = "cannot reach" if isinstance(exc, ConnectError) else "bad answer from"
-                raise UpstreamError(f"{what} upstream {cfg.name}: {exc}") from exc
+                if isinstance(exc, HTTPError) and not isinstance(exc, ReadTimeout):
+                    what = "cannot reach" if isinstance(exc, ConnectError) else "bad answer from"
+                    raise UpstreamError(f"{what} upstream {cfg.name}: {exc}") from exc
+                raise UpstreamTimeout(f"upstream {cfg.name} did not answer within "
+                                      f"{cfg.first_byte_timeout:g}s") from exc
             except BaseException:
+                member.release()
+                member.probing = False
                 _end(span, None)
                 raise
             if span is not None:
                 span.set_attribute("http.response.status_code", resp.status)
             if resp.status < 400:
-                return resp, span
+                member.succeeded()
+                return resp, member, span
+            member.release()
             try:
                 raw = await resp.read()
             except HTTPError:
                 raw = b""
             retry_after = parse_retry_after(resp.headers.get("retry-after"))
-            retry = resp.status in RETRY_STATUSES and attempt < cfg.max_retries
-            obs.upstream_error(name, _status_kind(resp.status), retry)
+            obs.upstream_error(name, _status_kind(resp.status),
+                               resp.status in RETRY_STATUSES and attempt + 1 <= cfg.max_retries)
             _end(span, f"HTTP {resp.status}")
-            if retry:
+            if resp.status in RETRY_STATUSES:
                 attempt += 1
-                await sleep_backoff(attempt, retry_after)
-                continue
+                last_delay = backoff(member.failures, retry_after)
+                member.failed(last_delay, pool.clock())
+                failed.append(member)
+                if attempt <= cfg.max_retries:
+                    member = None
+                    continue
+            else:
+                member.succeeded()  # a 4xx is the request's fault, never the member's
             raise upstream_error_for_status(resp.status, self._message(raw), retry_after)
 
-    async def post_json(self, path: str, body: dict[str, Any], extra: dict[str, str] | None = None) -> Any:
+    async def post_json(self, path: str, body: dict[str, Any], extra: dict[str, str] | None = None,
+                        ctx: CallContext | None = None, model: str | None = None) -> Any:
         name, obs = self.cfg.name, _observer
         obs.upstream_started(name)
+        member: Member | None = None
         span = None
         try:
             async with asyncio.timeout(self.cfg.total_timeout):
-                resp, span = await self._open(path, body, extra or {}, False)
+                resp, member, span = await self._open(path, body, extra or {}, False, ctx, model)
                 raw = await resp.read()
         except ReadTimeout as exc:
             obs.upstream_error(name, "timeout", False)
             raise UpstreamTimeout(f"upstream {self.cfg.name} went idle for {self.cfg.idle_timeout:g}s") from exc
         except TimeoutError as exc:
+            if isinstance(exc, GatewayError):
+                raise
             obs.upstream_error(name, "timeout", False)
             raise UpstreamTimeout(f"upstream {self.cfg.name} timed out") from exc
         except HTTPError as exc:
@@ -223,6 +327,8 @@ class HTTPUpstream:
             raise UpstreamError(f"upstream {self.cfg.name} failed mid-response: {exc}") from exc
         finally:
             obs.upstream_finished(name)
+            if member is not None:
+                member.release()
             if span is not None:
                 span.end()
         try:
@@ -231,13 +337,13 @@ class HTTPUpstream:
             obs.upstream_error(name, "bad_response", False)
             raise UpstreamError(f"upstream {self.cfg.name} sent invalid JSON") from exc
 
-    async def stream(self, path: str, body: dict[str, Any], extra: dict[str, str] | None = None
-                     ) -> AsyncGenerator[bytes, None]:
+    async def stream(self, path: str, body: dict[str, Any], extra: dict[str, str] | None = None,
+                     ctx: CallContext | None = None, model: str | None = None) -> AsyncGenerator[bytes, None]:
         """Yield raw body bytes as they arrive. Closing the iterator closes the upstream call."""
         name, obs = self.cfg.name, _observer
         obs.upstream_started(name)
         try:
-            resp, span = await self._open(path, body, extra or {}, True)
+            resp, member, span = await self._open(path, body, extra or {}, True, ctx, model)
         except BaseException:
             obs.upstream_finished(name)
             raise
@@ -262,16 +368,8 @@ class HTTPUpstream:
             raise
         finally:
             obs.upstream_finished(name)
+            member.release()
             if span is not None:
                 span.end()
             await chunks.aclose()  # a body not read to the end closes its connection
             resp.close()
-
-
-def _end(span: Any, failure: str | None) -> None:
-    """End an attempt's span (tracing on), marking it failed when ``failure`` is given."""
-    if span is None:
-        return
-    if failure is not None:
-        tracing.fail(span, failure)
-    span.end()

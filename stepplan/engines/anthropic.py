@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
 from ..catalog import ModelSpec
@@ -108,11 +108,12 @@ class _SigningDecoder(StreamDecoder):
 class AnthropicEngine:
     protocol = "anthropic"
 
-    def __init__(self, cfg: UpstreamConfig, transport: Transport | None = None):
+    def __init__(self, cfg: UpstreamConfig, transport: Transport | Mapping[str, Transport] | None = None):
         self.name = cfg.name
         self.cfg = cfg
-        auth = {"x-api-key": cfg.api_key} if cfg.api_key else {}
-        self.http = HTTPUpstream(cfg, {**auth, "anthropic-version": ANTHROPIC_VERSION}, transport)
+        self.http = HTTPUpstream(
+            cfg, lambda key: {**({"x-api-key": key} if key else {}), "anthropic-version": ANTHROPIC_VERSION},
+            transport)
         self.signatures = SignatureMemory()
 
     def _body(self, req: Request, spec: ModelSpec, ctx: CallContext, stream: bool) -> dict[str, Any]:
@@ -121,7 +122,8 @@ class AnthropicEngine:
                               signature_for=self.signatures.get)
 
     async def complete(self, req: Request, spec: ModelSpec, ctx: CallContext) -> Response:
-        body = await self.http.post_json("/messages", self._body(req, spec, ctx, False), ctx.extra_headers)
+        body = await self.http.post_json("/messages", self._body(req, spec, ctx, False), ctx.extra_headers, ctx,
+                                         spec.id)
         if isinstance(body, dict) and body.get("type") == "error":
             raise UpstreamError(f"upstream {self.name} failed: {_error_text(body)}")
         try:
@@ -135,7 +137,7 @@ class AnthropicEngine:
 
     def stream(self, req: Request, spec: ModelSpec, ctx: CallContext) -> AsyncIterator[Event]:
         def source() -> AsyncGenerator[bytes, None]:
-            return self.http.stream("/messages", self._body(req, spec, ctx, True), ctx.extra_headers)
+            return self.http.stream("/messages", self._body(req, spec, ctx, True), ctx.extra_headers, ctx, spec.id)
 
         return sse_events(self.name, source, _SigningDecoder(self.signatures), _stream_error)
 

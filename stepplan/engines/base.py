@@ -30,6 +30,8 @@ class CallContext:
     # Restores reasoning for assistant turns whose client dropped it (keyed by tool calls).
     restore_reasoning: Callable[[list[ToolCall]], str | None] | None = None
     extra_headers: dict[str, str] = field(default_factory=dict)
+    session: str | None = None  # the conversation key: keeps a pool member while it is healthy
+    served_by: str | None = None  # set by the engine: "upstream/member" that answered (or last tried)
 
 
 class Engine(Protocol):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
 from ..catalog import ModelSpec
@@ -28,11 +28,10 @@ def _stream_error(chunk: Any) -> str | None:
 class OpenAIEngine:
     protocol = "openai"
 
-    def __init__(self, cfg: UpstreamConfig, transport: Transport | None = None):
+    def __init__(self, cfg: UpstreamConfig, transport: Transport | Mapping[str, Transport] | None = None):
         self.name = cfg.name
         self.cfg = cfg
-        auth = {"authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
-        self.http = HTTPUpstream(cfg, auth, transport)
+        self.http = HTTPUpstream(cfg, lambda key: {"authorization": f"Bearer {key}"} if key else {}, transport)
 
     def _body(self, req: Request, spec: ModelSpec, ctx: CallContext, stream: bool) -> dict[str, Any]:
         return encode_request(
@@ -41,7 +40,8 @@ class OpenAIEngine:
         )
 
     async def complete(self, req: Request, spec: ModelSpec, ctx: CallContext) -> Response:
-        body = await self.http.post_json("/chat/completions", self._body(req, spec, ctx, False), ctx.extra_headers)
+        body = await self.http.post_json("/chat/completions", self._body(req, spec, ctx, False), ctx.extra_headers,
+                                         ctx, spec.id)
         try:
             return decode_response(body, req.stop)
         except (ValueError, AttributeError, TypeError) as exc:
@@ -49,7 +49,8 @@ class OpenAIEngine:
 
     def stream(self, req: Request, spec: ModelSpec, ctx: CallContext) -> AsyncIterator[Event]:
         def source() -> AsyncGenerator[bytes, None]:
-            return self.http.stream("/chat/completions", self._body(req, spec, ctx, True), ctx.extra_headers)
+            return self.http.stream("/chat/completions", self._body(req, spec, ctx, True), ctx.extra_headers,
+                                    ctx, spec.id)
 
         return sse_events(self.name, source, StreamDecoder(req.stop), _stream_error, b"[DONE]")
 

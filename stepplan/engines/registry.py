@@ -7,6 +7,7 @@ of their protocol is first used, so a gateway without a local model never import
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from ..settings import Settings, UpstreamConfig
 from .base import Engine
@@ -44,6 +45,24 @@ class EngineRegistry:
             start = getattr(engine, "preload", None)
             if start is not None:
                 start()
+
+    def upstream_states(self) -> list[dict[str, Any]]:
+        """Each configured upstream's pool and its members' health (per process, read-only).
+        An upstream no call has used yet has no state: its members are listed as configured."""
+        out: list[dict[str, Any]] = []
+        for name, up in self.settings.upstreams.items():
+            http = getattr(self.engines.get(name), "http", None)
+            pool = getattr(http, "pool", None)
+            if pool is not None:
+                view = pool.view()
+            else:
+                members = [] if up.protocol == "local" else [
+                    {"name": m.name, "base_url": m.base_url, "weight": m.weight, "state": "closed", "available": True,
+                     "in_flight": 0, "consecutive_failures": 0, "failures": 0, "cooldown_until": None,
+                     "max_concurrency": m.max_concurrency, "rpm": m.rpm} for m in up.pool_members()]
+                view = {"name": name, "members": members}
+            out.append({**view, "protocol": up.protocol, "used": name in self.engines})
+        return out
 
     async def aclose(self) -> None:
         for engine in self.engines.values():

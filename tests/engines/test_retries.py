@@ -26,10 +26,10 @@ def no_backoff_sleep(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
     """Record the backoff delays instead of sleeping them."""
     slept: list[float] = []
 
-    async def record(attempt: int, retry_after: float | None) -> None:
-        slept.append(_http.backoff(attempt, retry_after))
+    async def record(seconds: float) -> None:
+        slept.append(seconds)
 
-    monkeypatch.setattr(_http, "sleep_backoff", record)
+    monkeypatch.setattr(_http, "_sleep", record)
     yield slept
 
 
