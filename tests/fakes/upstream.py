@@ -6,6 +6,7 @@ completion built from the request; a test can queue exact replies instead:
 
     fake.queue_json(body, status=200)
     fake.queue_sse([chunk_dict_or_raw_bytes, ...], delay=0.0, cut=False)
+    fake.responder = lambda path, body: Reply(...)   # answers whatever nothing is queued for
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +39,9 @@ class Reply:
     hang: bool = False  # never answer (timeout tests)
 
 
+ReplyFn = Callable[[str, Any], Reply]
+
+
 @dataclass
 class Recorded:
     path: str
@@ -56,6 +61,9 @@ class FakeUpstream:
         self.port = free_port()
         self.requests: list[Recorded] = []
         self.replies: deque[Reply] = deque()
+        # Answers a request nothing is queued for, built from that request (path, body); a test
+        # sets it when which requests come, or in which protocol, is up to the client under test.
+        self.responder: ReplyFn | None = None
         self.cancelled = 0  # streams whose client went away before the end
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -79,6 +87,7 @@ class FakeUpstream:
     def reset(self) -> None:
         self.requests.clear()
         self.replies.clear()
+        self.responder = None
         self.cancelled = 0
 
     @property
@@ -124,7 +133,8 @@ class FakeUpstream:
         except orjson.JSONDecodeError:
             body = raw.decode(errors="replace")
         self.requests.append(Recorded(request.path, dict(request.headers), body, time.time()))
-        reply = self.replies.popleft() if self.replies else self._default(request.path, body)
+        answer = self.responder or self.default_reply
+        reply = self.replies.popleft() if self.replies else answer(request.path, body)
         try:
             if reply.hang:
                 await asyncio.sleep(60)
@@ -153,7 +163,7 @@ class FakeUpstream:
         return resp
 
     # ---------------------------------------------------------------- default replies
-    def _default(self, path: str, body: Any) -> Reply:
+    def default_reply(self, path: str, body: Any) -> Reply:
         stream = isinstance(body, dict) and body.get("stream")
         model = body.get("model", "fake") if isinstance(body, dict) else "fake"
         if path.endswith("/messages"):
