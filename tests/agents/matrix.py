@@ -44,7 +44,7 @@ FILE_NAME = "notes.txt"
 FILE_TEXT = "The tide table says seven herons at noon."
 FINAL = "notes.txt says: seven herons at noon."
 REASONING = "The user asks what notes.txt says; I will read it with the file tool."
-CALL_ID = "call_read_42"
+CALL_ID = "callread42"  # alphanumeric: OpenClaw strips anything else from tool call ids
 PATHS = {"openai": "/step_plan/v1/chat/completions", "anthropic": "/step_plan/v1/messages"}
 
 
@@ -149,6 +149,7 @@ class AgentRun:
     cwd: Path
     home: Path
     run: Run | None = None
+    said: str | None = None  # the reply text, where the agent's stdout is more than that (JSON)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -190,7 +191,10 @@ class AgentRun:
         lines += self.notes
         if self.run is not None:
             lines.append(f"agent stderr (tail):\n{self.run.stderr[-2500:]}")
-            lines.append(f"agent stdout (tail):\n{self.run.stdout[-1500:]}")
+            if self.said is not None:
+                lines.append(f"agent's reply: {self.said[-1500:]!r}")
+            else:
+                lines.append(f"agent stdout (tail):\n{self.run.stdout[-1500:]}")
         return "\n".join(lines)
 
     # ---------------------------------------------------------------- common checks
@@ -204,6 +208,20 @@ class AgentRun:
         assert sent, self.why(f"the agent sent nothing to {PATHS[self.protocol]}")
         bad = [x for x in self.ingress.exchanges if x.method == "POST" and x.status != 200]
         assert not bad, self.why("the gateway refused a request")
+
+    def tool_round_trip(self, script: Script, tool: str, args: dict[str, Any]) -> str:
+        """The second main request carries the agent's echo of the scripted call (same id, name
+        and arguments) and the tool's result; returns the result's text."""
+        assert len(script.main) == 2 and not script.steps, self.why(f"{len(script.main)} main requests, expected 2")
+        body = self.main_request(script, 1)
+        try:
+            call_id, echoed, result = tool_round_trip(body, tool)
+        except (AssertionError, KeyError, TypeError) as exc:
+            raise AssertionError(self.why(f"the tool round trip is not in the second request: {exc!r}")) from None
+        assert call_id == CALL_ID, self.why(f"call id {call_id!r} came back instead of {CALL_ID!r}")
+        assert echoed == args, self.why(f"arguments {echoed!r} came back instead of {args!r}")
+        assert FILE_TEXT in result, self.why(f"the tool result lacks the file's text: {result[:800]!r}")
+        return result
 
     def main_request(self, script: Script, index: int = 0) -> dict[str, Any]:
         assert len(script.main) > index, self.why(f"the upstream got {len(script.main)} main requests")
@@ -232,25 +250,37 @@ def _text(content: Any) -> str:
     return ""
 
 
-def tool_round_trip(body: dict[str, Any], call_id: str = CALL_ID) -> tuple[str, dict[str, Any], str]:
-    """In a follow-up upstream request: the echoed call (name, arguments) and its result's text."""
+def _turns(msgs: list[dict[str, Any]]) -> str:
+    """A one-line sketch of a conversation, for failure messages."""
+    out = []
+    for m in msgs:
+        c = m.get("content")
+        if m.get("tool_calls"):
+            out.append(f"{m['role']}:tool_calls{[(t['id'], t['function']['name']) for t in m['tool_calls']]}")
+        elif isinstance(c, list):
+            out.append(f"{m['role']}:{[(b.get('type'), b.get('id') or b.get('tool_use_id')) for b in c]}")
+        else:
+            out.append(f"{m['role']}{'(' + m['tool_call_id'] + ')' if m.get('tool_call_id') else ''}")
+    return " | ".join(out)
+
+
+def tool_round_trip(body: dict[str, Any], name: str) -> tuple[str, dict[str, Any], str]:
+    """In a follow-up upstream request: the echoed call of tool ``name`` (its id and arguments)
+    and the text of the result that answers it, OpenAI- or Anthropic-shaped."""
     msgs = body["messages"]
     for i, m in enumerate(msgs):
         if m["role"] != "assistant":
             continue
-        if isinstance(m.get("tool_calls"), list):  # OpenAI
-            for tc in m["tool_calls"]:
-                if tc["id"] == call_id:
-                    results = [r for r in msgs[i + 1:] if r["role"] == "tool" and r.get("tool_call_id") == call_id]
-                    assert len(results) == 1, f"{len(results)} tool results for {call_id}"
-                    return tc["function"]["name"], json.loads(tc["function"]["arguments"]), _text(
-                        results[0]["content"])
-        if isinstance(m.get("content"), list):  # Anthropic
-            for b in m["content"]:
-                if b.get("type") == "tool_use" and b["id"] == call_id:
-                    reply = msgs[i + 1]
-                    results = [r for r in reply["content"]
-                               if r.get("type") == "tool_result" and r["tool_use_id"] == call_id]
-                    assert reply["role"] == "user" and len(results) == 1, f"no tool_result for {call_id}"
-                    return b["name"], b["input"], _text(results[0].get("content"))
-    raise AssertionError(f"no assistant turn calls {call_id}")
+        for tc in m.get("tool_calls") or []:  # OpenAI
+            if tc["function"]["name"] == name:
+                results = [r for r in msgs[i + 1:] if r["role"] == "tool" and r.get("tool_call_id") == tc["id"]]
+                assert len(results) == 1, f"{len(results)} tool results for {tc['id']}: {_turns(msgs)}"
+                return tc["id"], json.loads(tc["function"]["arguments"]), _text(results[0]["content"])
+        for b in m["content"] if isinstance(m.get("content"), list) else []:  # Anthropic
+            if b.get("type") == "tool_use" and b["name"] == name:
+                reply = msgs[i + 1] if i + 1 < len(msgs) else {"role": "none", "content": []}
+                results = [r for r in reply["content"] if isinstance(r, dict)
+                           and r.get("type") == "tool_result" and r["tool_use_id"] == b["id"]]
+                assert reply["role"] == "user" and len(results) == 1, f"no tool_result for {b['id']}: {_turns(msgs)}"
+                return b["id"], b["input"], _text(results[0].get("content"))
+    raise AssertionError(f"no assistant turn calls {name}: {_turns(msgs)}")
