@@ -94,7 +94,6 @@ def test_say_hi(agent_run: AgentRunFactory, protocol: str) -> None:
     assert body["model"] == MODEL and body["stream"] is True, r.why()
     assert {TOOL, "write", "edit", "exec"} <= tool_names(body), r.why(f"tools {sorted(tool_names(body))}")
     assert "say hi" in json.dumps(body["messages"][-1]), r.why()
-    print("DEBUG", {k: v for k, v in r.agent_posts()[-1].body.items() if k not in ("messages", "tools", "system")}, r.agent_posts()[-1].path, {k: v for k, v in r.agent_posts()[-1].headers.items() if "key" not in k.lower()})
 
 
 @pytest.mark.parametrize(("protocol", "gateway"), [("openai", "oup"), ("openai", "aup"),
