@@ -206,6 +206,8 @@ class AgentRun:
         assert answer in text, self.why(f"the agent did not print {answer!r}")
         sent = self.agent_posts()
         assert sent, self.why(f"the agent sent nothing to {PATHS[self.protocol]}")
+        other = "anthropic" if self.protocol == "openai" else "openai"
+        assert not self.agent_posts(other), self.why(f"the agent used {PATHS[other]} too")
         bad = [x for x in self.ingress.exchanges if x.method == "POST" and x.status != 200]
         assert not bad, self.why("the gateway refused a request")
 
