@@ -47,6 +47,12 @@ REASONING = "The user asks what notes.txt says; I will read it with the file too
 CALL_ID = "callread42"  # alphanumeric: OpenClaw strips anything else from tool call ids
 PATHS = {"openai": "/step_plan/v1/chat/completions", "anthropic": "/step_plan/v1/messages"}
 
+# (client protocol, gateway): every pairing once per agent. The say-hi runs go straight through
+# (OpenAI client on the OpenAI-protocol upstream, Anthropic client on the Anthropic one), the
+# round trips are translated both ways, where tool calls and results change shape.
+SAY_HI = [("openai", "oup"), ("anthropic", "aup")]
+ROUND_TRIP = [("openai", "aup"), ("anthropic", "oup")]
+
 
 # ------------------------------------------------------------------ replies in the request's own protocol
 def text_reply(text: str, reasoning: str | None = None) -> ReplyFn:

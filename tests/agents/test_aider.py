@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.agents.cli import base_env, binary, run
-from tests.agents.matrix import FILE_NAME, FILE_TEXT, FINAL, HI, MODEL, AgentRun, Script, text_reply
+from tests.agents.matrix import FILE_NAME, FILE_TEXT, FINAL, HI, MODEL, ROUND_TRIP, SAY_HI, AgentRun, Script, text_reply
 
 pytestmark = [pytest.mark.cli_agents, pytest.mark.slow]
 
@@ -72,9 +72,9 @@ def _everything(body: dict[str, Any]) -> str:
     return json.dumps(body.get("system", "")) + json.dumps(body["messages"])
 
 
-@pytest.mark.parametrize("protocol", ["openai", "anthropic"])
-def test_say_hi(agent_run: AgentRunFactory, protocol: str) -> None:
-    r = agent_run(AGENT, protocol)
+@pytest.mark.parametrize(("protocol", "gateway"), SAY_HI)
+def test_say_hi(agent_run: AgentRunFactory, protocol: str, gateway: str) -> None:
+    r = agent_run(AGENT, protocol, gateway)
     script = Script(r.fake, text_reply(HI), is_main=lambda body: True)
     r.check_finished(HI, aider(r, "say hi"))
     assert len(r.upstream_posts) == 1, r.why("one message, one upstream call")
@@ -85,8 +85,7 @@ def test_say_hi(agent_run: AgentRunFactory, protocol: str) -> None:
     assert FILE_TEXT not in _everything(body), r.why("the file is not in the chat until the model asks")
 
 
-@pytest.mark.parametrize(("protocol", "gateway"), [("openai", "oup"), ("openai", "aup"),
-                                                   ("anthropic", "oup"), ("anthropic", "aup")])
+@pytest.mark.parametrize(("protocol", "gateway"), ROUND_TRIP)
 def test_file_round_trip(agent_run: AgentRunFactory, protocol: str, gateway: str) -> None:
     r = agent_run(AGENT, protocol, gateway)
     script = Script(r.fake, text_reply(ASK_FOR_FILE), text_reply(FINAL), is_main=lambda body: True)

@@ -12,7 +12,18 @@ from collections.abc import Callable
 import pytest
 
 from tests.agents.cli import base_env, binary, run
-from tests.agents.matrix import FINAL, HI, MODEL, AgentRun, Script, text_reply, tool_names, tool_reply
+from tests.agents.matrix import (
+    FINAL,
+    HI,
+    MODEL,
+    ROUND_TRIP,
+    SAY_HI,
+    AgentRun,
+    Script,
+    text_reply,
+    tool_names,
+    tool_reply,
+)
 
 pytestmark = [pytest.mark.cli_agents, pytest.mark.slow]
 
@@ -43,9 +54,9 @@ def hermes(r: AgentRun, prompt: str) -> str:
     return r.run.stdout
 
 
-@pytest.mark.parametrize("protocol", ["openai", "anthropic"])
-def test_say_hi(agent_run: AgentRunFactory, protocol: str) -> None:
-    r = agent_run(AGENT, protocol)
+@pytest.mark.parametrize(("protocol", "gateway"), SAY_HI)
+def test_say_hi(agent_run: AgentRunFactory, protocol: str, gateway: str) -> None:
+    r = agent_run(AGENT, protocol, gateway)
     script = Script(r.fake, text_reply(HI))
     r.check_finished(HI, hermes(r, "say hi"))
     assert len(r.upstream_posts) == 1, r.why("one turn, one upstream call")
@@ -58,8 +69,7 @@ def test_say_hi(agent_run: AgentRunFactory, protocol: str) -> None:
         assert listed and all(x.status == 200 for x in listed), r.why("no model discovery")
 
 
-@pytest.mark.parametrize(("protocol", "gateway"), [("openai", "oup"), ("openai", "aup"),
-                                                   ("anthropic", "oup"), ("anthropic", "aup")])
+@pytest.mark.parametrize(("protocol", "gateway"), ROUND_TRIP)
 def test_tool_round_trip(agent_run: AgentRunFactory, protocol: str, gateway: str) -> None:
     r = agent_run(AGENT, protocol, gateway)
     script = Script(r.fake, tool_reply(TOOL, {"path": str(r.file)}), text_reply(FINAL))

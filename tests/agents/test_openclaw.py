@@ -17,6 +17,8 @@ from tests.agents.matrix import (
     FINAL,
     HI,
     MODEL,
+    ROUND_TRIP,
+    SAY_HI,
     AgentRun,
     Script,
     text_reply,
@@ -83,9 +85,9 @@ AgentRunFactory = Callable[..., AgentRun]
 
 
 # ------------------------------------------------------------------ the matrix
-@pytest.mark.parametrize("protocol", ["openai", "anthropic"])
-def test_say_hi(agent_run: AgentRunFactory, protocol: str) -> None:
-    r = agent_run(AGENT, protocol)
+@pytest.mark.parametrize(("protocol", "gateway"), SAY_HI)
+def test_say_hi(agent_run: AgentRunFactory, protocol: str, gateway: str) -> None:
+    r = agent_run(AGENT, protocol, gateway)
     script = Script(r.fake, text_reply(HI))
     said = openclaw(r, "say hi")
     r.check_finished(HI, said)
@@ -96,8 +98,7 @@ def test_say_hi(agent_run: AgentRunFactory, protocol: str) -> None:
     assert "say hi" in json.dumps(body["messages"][-1]), r.why()
 
 
-@pytest.mark.parametrize(("protocol", "gateway"), [("openai", "oup"), ("openai", "aup"),
-                                                   ("anthropic", "oup"), ("anthropic", "aup")])
+@pytest.mark.parametrize(("protocol", "gateway"), ROUND_TRIP)
 def test_tool_round_trip(agent_run: AgentRunFactory, protocol: str, gateway: str) -> None:
     r = agent_run(AGENT, protocol, gateway)
     script = Script(r.fake, tool_reply(TOOL, {"path": str(r.file)}), text_reply(FINAL))
