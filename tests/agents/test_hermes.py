@@ -33,11 +33,12 @@ AgentRunFactory = Callable[..., AgentRun]
 
 
 def config_yaml(protocol: str) -> str:
-    """``~/.hermes/config.yaml``."""
+    """``~/.hermes/config.yaml``. Lazy installs off: otherwise Hermes pip-installs optional tool
+    backends (edge-tts, …) into its own environment on the first run."""
     text = f"model:\n  provider: stepfun\n  default: {MODEL}\n"
     if protocol == "anthropic":
         text += "  api_mode: anthropic_messages\n"
-    return text
+    return text + "security:\n  allow_lazy_installs: false\n"
 
 
 @pytest.fixture(autouse=True)
