@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
 # One command: install everything the tests need and run them (the same command CI runs).
+# With arguments, they go to one pytest run as they are; without, the suite runs in two parts:
+# everything but tests/agents, then the agent CLIs in parallel (STEPPLAN_AGENT_WORKERS, default 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS=test bash scripts/install.sh
 bash scripts/services.sh
-if ! command -v claude >/dev/null 2>&1 || ! command -v opencode >/dev/null 2>&1; then
-  npm install -g --silent @anthropic-ai/claude-code opencode-ai >/dev/null 2>&1 \
-    || echo "warning: could not install the agent CLIs; their tests will be skipped" >&2
-fi
+bash scripts/agents.sh   # the pinned agent CLIs (docs/agents.md), cached between runs
 .venv/bin/ruff check stepplan tests bench
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+if [ $# -gt 0 ]; then
+  exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+fi
+rc=0
+.venv/bin/python -m pytest -q -p no:cacheprovider --ignore=tests/agents || rc=$?
+# Each agent's file runs in one worker (an agent never runs beside itself); every worker has its
+# own fake upstream and gateways (session fixtures are per worker).
+.venv/bin/python -m pytest -q -p no:cacheprovider -n "${STEPPLAN_AGENT_WORKERS:-3}" --dist loadfile tests/agents \
+  || rc=$?
+exit "$rc"
