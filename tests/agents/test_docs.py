@@ -23,7 +23,7 @@ EXPECTED: dict[str, Any] = {
     "hermes-config.yaml": test_hermes.config_yaml("openai"),
     "hermes-config-anthropic.yaml": test_hermes.config_yaml("anthropic"),
     "qwen-settings.json": test_qwen_code.settings(OPENAI_BASE, ANTHROPIC_BASE),
-    "kilo.json": test_kilo.config(OPENAI_BASE),
+    "kilo.json": test_kilo.config(OPENAI_BASE, "sk-step-YOUR-KEY"),
     "aider.conf.yml": test_aider.CONF.format(protocol="openai"),
     "aider.model.metadata.json": test_aider.metadata(),
 }

@@ -45,10 +45,10 @@ KILO_QUIET = {
 }
 
 
-def config(openai_base: str) -> dict[str, Any]:
+def config(openai_base: str, key: str) -> dict[str, Any]:
     """The project's ``kilo.json``. ``@ai-sdk/anthropic`` appends ``/messages`` to its baseURL,
-    so both providers take the gateway's ``/step_plan/v1``; the key comes from the environment."""
-    key = "{env:STEPPLAN_API_KEY}"
+    so both providers take the gateway's ``/step_plan/v1``. The key is written in: Kilo 7.7.7
+    rejects the whole file (``ConfigInvalidError``) when ``apiKey`` is ``{env:…}``."""
     model = {"name": MODEL, "tool_call": True, "reasoning": True, "limit": {"context": 262144, "output": 65536}}
     return {
         "$schema": "https://app.kilo.ai/config.json",
@@ -68,9 +68,9 @@ def _needs_kilo() -> None:
 
 
 def kilo(r: AgentRun, message: str) -> str:
-    (r.cwd / "kilo.json").write_text(json.dumps(config(r.openai_base), indent=2))
+    (r.cwd / "kilo.json").write_text(json.dumps(config(r.openai_base, r.key), indent=2))
     r.run = run([binary("kilo"), "run", "-m", f"{PROVIDERS[r.protocol]}/{MODEL}", message], cwd=r.cwd,
-                env=base_env(r.home, STEPPLAN_API_KEY=r.key, **KILO_QUIET))
+                env=base_env(r.home, **KILO_QUIET))
     return r.run.stdout
 
 
