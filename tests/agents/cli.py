@@ -77,7 +77,10 @@ def binary(name: str) -> str:
 def base_env(home: Path, **extra: str) -> dict[str, str]:
     home.mkdir(parents=True, exist_ok=True)
     path = f"{AGENTS_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"
-    return {"PATH": path, "HOME": str(home), "TERM": "dumb", "NO_COLOR": "1", **extra}
+    # npm_config_offline: OpenCode npm-installs @opencode-ai/plugin into its config dir in the
+    # background on every start; offline, that fails at once (a logged warning) instead of
+    # fetching from the registry in the middle of a test.
+    return {"PATH": path, "HOME": str(home), "TERM": "dumb", "NO_COLOR": "1", "npm_config_offline": "true", **extra}
 
 
 def run(argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float = TIMEOUT) -> Run:
