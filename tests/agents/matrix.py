@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.agents.cli import Run
+from tests.agents.cli import Run, run
 from tests.agents.ingress import Exchange, Ingress
 from tests.conftest import Gateway
 from tests.fakes.upstream import (
@@ -156,7 +156,6 @@ class AgentRun:
     home: Path
     run: Run | None = None
     said: str | None = None  # the reply text, where the agent's stdout is more than that (JSON)
-    notes: list[str] = field(default_factory=list)
 
     @property
     def openai_base(self) -> str:
@@ -178,6 +177,14 @@ class AgentRun:
     def agent_posts(self, protocol: str | None = None) -> list[Exchange]:
         return self.ingress.posts(PATHS[protocol or self.protocol])
 
+    def execute(self, argv: list[str], env: dict[str, str]) -> Run:
+        """Run the agent in the workdir; a run that times out fails with :meth:`why` too."""
+        try:
+            self.run = run(argv, cwd=self.cwd, env=env)
+        except AssertionError as exc:  # timed out (the process group is killed)
+            raise AssertionError(f"{self.why('timed out')}\n{exc}") from None
+        return self.run
+
     # ---------------------------------------------------------------- failure message
     def why(self, what: str = "") -> str:
         lines = [f"[{self.agent} · {self.protocol} client protocol · {self.gw_name} gateway] {what}".rstrip()]
@@ -194,7 +201,6 @@ class AgentRun:
         lines.append(f"gateway → fake upstream: {len(ups)} requests {[r.path for r in ups]}")
         if ups:
             lines.append(f"last upstream request body: {_cut(json.dumps(ups[-1].body), 2000)}")
-        lines += self.notes
         if self.run is not None:
             lines.append(f"agent stderr (tail):\n{self.run.stderr[-2500:]}")
             if self.said is not None:

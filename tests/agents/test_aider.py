@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.agents.cli import base_env, binary, run
+from tests.agents.cli import base_env, binary
 from tests.agents.matrix import FILE_NAME, FILE_TEXT, FINAL, HI, MODEL, ROUND_TRIP, SAY_HI, AgentRun, Script, text_reply
 
 pytestmark = [pytest.mark.cli_agents, pytest.mark.slow]
@@ -64,7 +64,7 @@ def aider(r: AgentRun, message: str) -> str:
         env |= {"OPENAI_API_KEY": r.key, "OPENAI_API_BASE": r.openai_base}
     else:
         env |= {"ANTHROPIC_API_KEY": r.key, "ANTHROPIC_API_BASE": r.anthropic_base}
-    r.run = run([binary("aider"), "--message", message], cwd=r.cwd, env=env)
+    r.execute([binary("aider"), "--message", message], env)
     return r.run.stdout
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.agents.cli import base_env, binary, run
+from tests.agents.cli import base_env, binary
 from tests.agents.matrix import (
     FINAL,
     HI,
@@ -51,7 +51,7 @@ def hermes(r: AgentRun, prompt: str) -> str:
     (r.home / ".hermes" / "config.yaml").write_text(config_yaml(r.protocol))
     base = r.openai_base if r.protocol == "openai" else r.anthropic_base
     env = base_env(r.home, STEPFUN_API_KEY=r.key, STEPFUN_BASE_URL=base)
-    r.run = run([binary("hermes"), "-z", prompt], cwd=r.cwd, env=env)
+    r.execute([binary("hermes"), "-z", prompt], env)
     return r.run.stdout
 
 

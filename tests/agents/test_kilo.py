@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.agents.cli import base_env, binary, run
+from tests.agents.cli import base_env, binary
 from tests.agents.matrix import (
     FINAL,
     HI,
@@ -69,9 +69,8 @@ def _needs_kilo() -> None:
 
 def kilo(r: AgentRun, message: str) -> str:
     (r.cwd / "kilo.json").write_text(json.dumps(config(r.openai_base, r.key), indent=2))
-    r.run = run([binary("kilo"), "run", "-m", f"{PROVIDERS[r.protocol]}/{MODEL}", message], cwd=r.cwd,
-                env=base_env(r.home, **KILO_QUIET))
-    return r.run.stdout
+    return r.execute([binary("kilo"), "run", "-m", f"{PROVIDERS[r.protocol]}/{MODEL}", message],
+                     base_env(r.home, **KILO_QUIET)).stdout
 
 
 @pytest.mark.parametrize(("protocol", "gateway"), SAY_HI)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.agents.cli import base_env, binary, run
+from tests.agents.cli import base_env, binary
 from tests.agents.matrix import (
     FINAL,
     HI,
@@ -71,9 +71,8 @@ def openclaw(r: AgentRun, message: str, *, model: str = MODEL, thinking: str = "
     (r.home / ".openclaw" / "openclaw.json").write_text(
         json.dumps(config(r.openai_base, r.anthropic_base, str(r.cwd)), indent=2))
     env = base_env(r.home, STEPFUN_API_KEY=r.key, STEPPLAN_API_KEY=r.key)
-    r.run = run([binary("openclaw"), "agent", "--local", "--agent", "main", "--json", "--timeout", "150",
-                 "--model", f"{PROVIDERS[r.protocol]}/{model}", "--thinking", thinking, "-m", message],
-                cwd=r.cwd, env=env)
+    r.execute([binary("openclaw"), "agent", "--local", "--agent", "main", "--json", "--timeout", "150",
+               "--model", f"{PROVIDERS[r.protocol]}/{model}", "--thinking", thinking, "-m", message], env)
     try:
         r.said = "\n".join(p.get("text") or "" for p in json.loads(r.run.stdout).get("payloads", []))
     except (json.JSONDecodeError, AttributeError):

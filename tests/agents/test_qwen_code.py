@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.agents.cli import base_env, binary, run
+from tests.agents.cli import base_env, binary
 from tests.agents.matrix import (
     FINAL,
     HI,
@@ -58,7 +58,7 @@ def qwen(r: AgentRun, prompt: str) -> str:
     (r.home / ".qwen").mkdir(exist_ok=True)
     (r.home / ".qwen" / "settings.json").write_text(json.dumps(settings(r.openai_base, r.anthropic_base), indent=2))
     env = base_env(r.home, STEPPLAN_API_KEY=r.key)
-    r.run = run([binary("qwen"), "--auth-type", r.protocol, "-m", MODEL, prompt], cwd=r.cwd, env=env)
+    r.execute([binary("qwen"), "--auth-type", r.protocol, "-m", MODEL, prompt], env)
     return r.run.stdout
 
 
