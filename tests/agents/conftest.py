@@ -54,7 +54,7 @@ def agent_key() -> KeyFor:
 def agent_run(request: pytest.FixtureRequest, tmp_path: Path, fake: FakeUpstream,
               agent_key: KeyFor) -> Iterator[Callable[..., AgentRun]]:
     """``agent_run(agent, protocol, gateway="oup")``: a fresh workdir (holding notes.txt) and HOME,
-    a key of the account ``<agent>-<protocol>``, and a recording proxy in front of the gateway."""
+    a key of the agent's own account, and a recording proxy in front of the gateway."""
     started: list[Ingress] = []
 
     def make(agent: str, protocol: str, gateway: str = "oup") -> AgentRun:
@@ -65,7 +65,7 @@ def agent_run(request: pytest.FixtureRequest, tmp_path: Path, fake: FakeUpstream
         cwd.mkdir()
         home.mkdir()
         (cwd / FILE_NAME).write_text(FILE_TEXT + "\n")
-        key = agent_key(gw, f"{agent.lower().replace(' ', '-')}-{protocol}")
+        key = agent_key(gw, agent.lower().replace(" ", "-"))  # creating a key costs ~2 s of CLI runs
         return AgentRun(agent, protocol, gw, gateway, fake, ingress, key, cwd, home)
 
     yield make
