@@ -1,8 +1,10 @@
-"""Running the real agent CLIs (Claude Code, OpenCode) against a gateway, offline.
+"""Running the real agent CLIs against a gateway, offline.
 
-Every run gets a clean environment (``env -i`` style: only PATH, a temporary HOME and
-the variables the CLI needs), stdin from /dev/null, its own process group, and a hard
-timeout after which the whole group is killed.
+The CLIs are the versions pinned in scripts/agents.sh, which installs them under
+``${STEPPLAN_CACHE:-~/.cache/stepplan}/agents``: its ``bin/`` (the pinned binaries and the
+Node they run on) comes first on PATH. Every run gets a clean environment (``env -i``
+style: only PATH, a temporary HOME and the variables the CLI needs), stdin from /dev/null,
+its own process group, and a hard timeout after which the whole group is killed.
 """
 
 from __future__ import annotations
@@ -54,16 +56,31 @@ class Run:
                 f"stdout:\n{self.stdout[-4000:]}\nstderr:\n{self.stderr[-4000:]}")
 
 
+AGENTS = Path(os.environ.get("STEPPLAN_CACHE") or Path.home() / ".cache" / "stepplan") / "agents"
+AGENTS_BIN = AGENTS / "bin"
+
+
 def binary(name: str) -> str:
+    """The pinned ``name`` from scripts/agents.sh, else one on PATH; skip (saying why) if neither."""
+    pinned = AGENTS_BIN / name
+    if pinned.exists():
+        return str(pinned)
+    failed = AGENTS / "failed" / name
+    if failed.exists():
+        pytest.skip(f"`{name}`: scripts/agents.sh could not install it: {failed.read_text().strip()[:1500]}")
     path = shutil.which(name)
     if path is None:
-        pytest.skip(f"`{name}` is not on PATH (install it with npm; see docs/anthropic.md)")
+        pytest.skip(f"`{name}` is not installed (run scripts/agents.sh; see docs/agents.md)")
     return path
 
 
 def base_env(home: Path, **extra: str) -> dict[str, str]:
     home.mkdir(parents=True, exist_ok=True)
-    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "TERM": "dumb", **extra}
+    path = f"{AGENTS_BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+    # npm_config_offline: OpenCode npm-installs @opencode-ai/plugin into its config dir in the
+    # background on every start; offline, that fails at once (a logged warning) instead of
+    # fetching from the registry in the middle of a test.
+    return {"PATH": path, "HOME": str(home), "TERM": "dumb", "NO_COLOR": "1", "npm_config_offline": "true", **extra}
 
 
 def run(argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float = TIMEOUT) -> Run:

@@ -6,6 +6,7 @@ completion built from the request; a test can queue exact replies instead:
 
     fake.queue_json(body, status=200)
     fake.queue_sse([chunk_dict_or_raw_bytes, ...], delay=0.0, cut=False)
+    fake.responder = lambda path, body: Reply(...)   # answers whatever nothing is queued for
 
 With ``fake.prompt_cache = PromptCache()`` (tests/fakes/prompt_cache.py) it also simulates
 Anthropic prompt caching on ``/v1/messages``: the usage of every reply, queued or default,
@@ -20,6 +21,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -45,6 +47,9 @@ class Reply:
     gate: threading.Event | None = None  # answer only once the test sets this (at most 60 s later)
 
 
+ReplyFn = Callable[[str, Any], Reply]
+
+
 @dataclass
 class Recorded:
     path: str
@@ -64,6 +69,9 @@ class FakeUpstream:
         self.port = free_port()
         self.requests: list[Recorded] = []
         self.replies: deque[Reply] = deque()
+        # Answers a request nothing is queued for, built from that request (path, body); a test
+        # sets it when which requests come, or in which protocol, is up to the client under test.
+        self.responder: ReplyFn | None = None
         self.cancelled = 0  # streams whose client went away before the end
         self.prompt_cache: PromptCache | None = None  # set to simulate Anthropic prompt caching
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -88,6 +96,7 @@ class FakeUpstream:
     def reset(self) -> None:
         self.requests.clear()
         self.replies.clear()
+        self.responder = None
         self.cancelled = 0
         self.prompt_cache = None
 
@@ -134,7 +143,8 @@ class FakeUpstream:
         except orjson.JSONDecodeError:
             body = raw.decode(errors="replace")
         self.requests.append(Recorded(request.path, dict(request.headers), body, time.time()))
-        reply = self.replies.popleft() if self.replies else self._default(request.path, body)
+        answer = self.responder or self.default_reply
+        reply = self.replies.popleft() if self.replies else answer(request.path, body)
         if self.prompt_cache is not None and request.path.endswith("/messages") and isinstance(body, dict):
             reply = self._cached(reply, body)
         try:
@@ -189,7 +199,7 @@ class FakeUpstream:
         return reply
 
     # ---------------------------------------------------------------- default replies
-    def _default(self, path: str, body: Any) -> Reply:
+    def default_reply(self, path: str, body: Any) -> Reply:
         stream = isinstance(body, dict) and body.get("stream")
         model = body.get("model", "fake") if isinstance(body, dict) else "fake"
         if path.endswith("/messages"):
