@@ -117,7 +117,6 @@ def test_effort_reaches_the_upstream(agent_run: AgentRunFactory) -> None:
     assert r.main_request(script).get("reasoning_effort") == "medium", r.why()
 
 
-@pytest.mark.xfail(strict=True, reason="needs issue 18 item 1")
 def test_effort_is_mapped_to_a_level_the_model_has(agent_run: AgentRunFactory) -> None:
     """step-3.5-flash-2603 has only low and high: OpenClaw's ``medium`` is mapped, not refused (400)."""
     r = agent_run(AGENT, "openai")
@@ -130,7 +129,6 @@ def test_effort_is_mapped_to_a_level_the_model_has(agent_run: AgentRunFactory) -
     assert r.main_request(script).get("reasoning_effort") == used, r.why()
 
 
-@pytest.mark.xfail(strict=True, reason="needs issue 18 item 2")
 def test_anthropic_thinking_becomes_an_effort(agent_run: AgentRunFactory) -> None:
     """The Anthropic provider sends ``thinking: {type: enabled, budget_tokens}`` for a thinking
     level; on an OpenAI-protocol upstream it becomes one of the model's effort levels."""
