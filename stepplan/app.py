@@ -105,15 +105,7 @@ class TraceAndLimit:
                 message["headers"] = [*message.get("headers", ()), header]
             await send(message)
 
-        if self.in_flight >= self.max_concurrency:
-            err = Overloaded("the gateway is at its concurrency limit; retry shortly", headers={"retry-after": "1"})
-            await error_response(err, trace, is_anthropic_path(scope["path"]))(scope, receive, send_with_trace)
-            return
-        self.in_flight += 1
-        try:
-            await self.app(scope, receive, send_with_trace)
-        finally:
-            self.in_flight -= 1
+        await self._serve(scope, receive, send_with_trace, trace)
 
     async def _traced(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Tracing on: a SERVER span around the request (child of the client's ``traceparent``);

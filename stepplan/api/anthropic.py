@@ -19,11 +19,9 @@ from ..tokens import count_request
 from .common import (
     PING_ANTHROPIC,
     authenticate,
-    open_stream,
-    pinged_body,
     read_json,
     session_id,
-    sse_body,
+    stream_frames,
     trace_id,
     until_disconnect,
 )
@@ -46,14 +44,9 @@ async def messages(request: HTTPRequest) -> Response:
         resp = await until_disconnect(request, call.complete())
         headers = {**call.headers(arrived), "request-id": trace}
         return JSONResponse(encode_response(resp, req.model, msg_id, gw.signer), headers=headers)
-    interval = gw.settings.server.stream_ping_seconds
-    opening = await open_stream(request, call, interval)
-    headers = {**call.headers(arrived), "request-id": trace}
     enc = StreamEncoder(msg_id, req.model, gw.signer)
-    frames = sse_body(call, enc, lambda e: e.anthropic_body(trace), trace)
-    if opening is not None:  # no first token yet: start the stream and keep it alive
-        frames = pinged_body(opening, PING_ANTHROPIC, interval, frames, enc, lambda e: e.anthropic_body(trace))
-    return SSEResponse(frames, headers=headers)
+    frames = await stream_frames(request, call, enc, lambda e: e.anthropic_body(trace), PING_ANTHROPIC, trace)
+    return SSEResponse(frames, headers={**call.headers(arrived), "request-id": trace})
 
 
 async def count_tokens(request: HTTPRequest) -> Response:

@@ -246,3 +246,17 @@ async def pinged_body(opening: asyncio.Task[Any], ping: bytes, interval: float, 
         close = getattr(frames, "aclose", None)
         if close is not None:
             await close()
+
+
+async def stream_frames(request: HTTPRequest, call: Call, enc: StreamCodec,
+                        error_body: Callable[[GatewayError], dict[str, Any]], ping: bytes,
+                        trace: str) -> AsyncIterator[bytes]:
+    """Open a streamed call and return its body, in any protocol: the encoded events (``sse_body``),
+    preceded by keep-alive ``ping`` frames when the first token takes longer than
+    ``[server] stream_ping_seconds``. Call after this returns: the call's headers are final."""
+    interval = request.app.state.gateway.settings.server.stream_ping_seconds
+    opening = await open_stream(request, call, interval)
+    frames = sse_body(call, enc, error_body, trace)
+    if opening is not None:  # no first token yet: start the stream and keep it alive
+        frames = pinged_body(opening, ping, interval, frames, enc, error_body)
+    return frames

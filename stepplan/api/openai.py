@@ -14,11 +14,9 @@ from ..protocols.openai_response import StreamEncoder, encode_response
 from .common import (
     PING_SSE,
     authenticate,
-    open_stream,
-    pinged_body,
     read_json,
     session_id,
-    sse_body,
+    stream_frames,
     trace_id,
     until_disconnect,
 )
@@ -38,12 +36,8 @@ async def chat_completions(request: HTTPRequest) -> Response:
         resp = await until_disconnect(request, call.complete())
         resp.id = f"chatcmpl-{trace}"
         return JSONResponse(encode_response(resp, req.model), headers=call.headers(arrived))
-    interval = gw.settings.server.stream_ping_seconds
-    opening = await open_stream(request, call, interval)
     enc = StreamEncoder(f"chatcmpl-{trace}", req.model, req.include_usage, int(time.time()))
-    frames = sse_body(call, enc, lambda e: e.openai_body(trace), trace)
-    if opening is not None:  # no first token yet: start the stream and keep it alive
-        frames = pinged_body(opening, PING_SSE, interval, frames, enc, lambda e: e.openai_body(trace))
+    frames = await stream_frames(request, call, enc, lambda e: e.openai_body(trace), PING_SSE, trace)
     return SSEResponse(frames, headers=call.headers(arrived))
 
 

@@ -33,11 +33,9 @@ from ..store.accounts import KeyInfo
 from .common import (
     PING_SSE,
     authenticate,
-    open_stream,
-    pinged_body,
     read_json,
     session_id,
-    sse_body,
+    stream_frames,
     trace_id,
     until_disconnect,
 )
@@ -153,12 +151,8 @@ async def create(request: HTTPRequest) -> Response:
         if stored is not None:
             await state.save(key, shape, stored)
         return JSONResponse(client, headers=_headers(call, arrived, dropped))
-    interval = gw.settings.server.stream_ping_seconds
-    opening = await open_stream(request, call, interval)
     enc = StreamEncoder(answer)
-    frames = sse_body(call, enc, lambda e: e.openai_body(trace), trace)
-    if opening is not None:  # no first token yet: start the stream and keep it alive
-        frames = pinged_body(opening, PING_SSE, interval, frames, enc, lambda e: e.openai_body(trace))
+    frames = await stream_frames(request, call, enc, lambda e: e.openai_body(trace), PING_SSE, trace)
     return SSEResponse(_storing(frames, enc, state, key, shape), headers=_headers(call, arrived, dropped))
 
 
