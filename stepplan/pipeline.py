@@ -361,7 +361,7 @@ class Gateway:
 
     def billable(self, spec: ModelSpec, usage: Usage) -> bool:
         """Whether an upstream's usage can be billed as reported (its cost fits the ledger)."""
-        return self._prices is None or spec.id not in self._prices.base or self._prices.billable(spec.id, usage)
+        return self._prices is None or self._prices.billable(spec.id, usage)
 
     async def start_call(self, req: Request, key: KeyInfo, trace_id: str, body_size: int,
                          protocol: str = "openai") -> Call:

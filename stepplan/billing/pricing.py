@@ -127,6 +127,12 @@ class PriceBook:
         for spec in catalog.models.values():
             self.base[spec.id] = self._rates(spec.price_input, spec.price_cache, spec.price_output, f"models.{spec.id}")
             self.windows[spec.id] = tuple(self._window(spec, i, w) for i, w in enumerate(spec.price_windows))
+        # Per model, the highest of each rate over its base price and windows: the bound billable() checks.
+        self.highest: dict[str, Rates] = {}
+        for model_id, base in self.base.items():
+            all_rates = [base, *(w.rates for w in self.windows[model_id])]
+            self.highest[model_id] = Rates(max(r.input for r in all_rates), max(r.cache for r in all_rates),
+                                           max(r.output for r in all_rates))
 
     @staticmethod
     def _rates(p_in: Any, p_cache: Any, p_out: Any, where: str) -> Rates:
@@ -153,11 +159,11 @@ class PriceBook:
         return _Window(_days(raw.get("days"), where), start, end, tz, rates)
 
     def billable(self, model_id: str, u: Usage) -> bool:
-        """Whether ``u``'s cost fits the ledger's 64-bit integer columns at any of the model's rates
-        (an upstream reporting 10^15 tokens is a defect to count locally, not a bill to write)."""
-        windows = self.windows.get(model_id, ())
-        rates = [self.base[model_id], *(w.rates for w in windows)] if model_id in self.base else []
-        worst = max((r.cost(u) for r in rates), default=0)
+        """Whether ``u``'s cost fits the ledger's 64-bit integer columns at the model's highest rates
+        (an upstream reporting 10^15 tokens is a defect to count locally, not a bill to write).
+        One multiplication per count: the bound is computed once, at start-up."""
+        highest = self.highest.get(model_id)
+        worst = highest.cost(u) if highest is not None else 0
         return worst <= LEDGER_MAX and max(u.input, u.cache_read, u.cache_write, u.output, u.reasoning) <= LEDGER_MAX
 
     def rates(self, model_id: str, at: int) -> Rates:
