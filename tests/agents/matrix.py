@@ -246,6 +246,9 @@ class AgentRun:
         return body
 
 
+AgentRunFactory = Callable[..., AgentRun]  # the ``agent_run`` fixture: agent name, protocol → an AgentRun
+
+
 def _cut(text: str, limit: int) -> str:
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} chars)"
 

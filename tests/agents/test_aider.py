@@ -11,18 +11,28 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from tests.agents.cli import base_env, binary
-from tests.agents.matrix import FILE_NAME, FILE_TEXT, FINAL, HI, MODEL, ROUND_TRIP, SAY_HI, AgentRun, Script, text_reply
+from tests.agents.matrix import (
+    FILE_NAME,
+    FILE_TEXT,
+    FINAL,
+    HI,
+    MODEL,
+    ROUND_TRIP,
+    SAY_HI,
+    AgentRun,
+    AgentRunFactory,
+    Script,
+    text_reply,
+)
 
 pytestmark = [pytest.mark.cli_agents, pytest.mark.slow]
 
 AGENT = "Aider"
-AgentRunFactory = Callable[..., AgentRun]
 ASK_FOR_FILE = f"To answer that I need to see {FILE_NAME}."
 
 CONF = """\

@@ -7,7 +7,6 @@ discovered from ``/step_plan/v1/models``), and the same provider with ``api_mode
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
 import pytest
 
@@ -19,6 +18,7 @@ from tests.agents.matrix import (
     ROUND_TRIP,
     SAY_HI,
     AgentRun,
+    AgentRunFactory,
     Script,
     text_reply,
     tool_names,
@@ -29,7 +29,6 @@ pytestmark = [pytest.mark.cli_agents, pytest.mark.slow]
 
 AGENT = "Hermes"
 TOOL = "read_file"  # {"path": ...}
-AgentRunFactory = Callable[..., AgentRun]
 
 
 def config_yaml(protocol: str) -> str:

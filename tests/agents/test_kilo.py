@@ -7,7 +7,6 @@ bundled in the binary: nothing is downloaded.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from tests.agents.matrix import (
     ROUND_TRIP,
     SAY_HI,
     AgentRun,
+    AgentRunFactory,
     Script,
     text_reply,
     tool_names,
@@ -31,7 +31,6 @@ pytestmark = [pytest.mark.cli_agents, pytest.mark.slow]
 AGENT = "Kilo"
 TOOL = "read"  # {"filePath": ...}
 PROVIDERS = {"openai": "stepplan", "anthropic": "stepplan-anthropic"}
-AgentRunFactory = Callable[..., AgentRun]
 
 # What keeps Kilo off the network except for the gateway (the names are in its binary).
 KILO_QUIET = {

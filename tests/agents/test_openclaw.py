@@ -7,7 +7,6 @@ are declared with ``compat.supportsReasoningEffort`` and runs pass ``--thinking`
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from tests.agents.matrix import (
     ROUND_TRIP,
     SAY_HI,
     AgentRun,
+    AgentRunFactory,
     Script,
     text_reply,
     tool_names,
@@ -80,7 +80,6 @@ def openclaw(r: AgentRun, message: str, *, model: str = MODEL, thinking: str = "
     return r.said
 
 
-AgentRunFactory = Callable[..., AgentRun]
 
 
 # ------------------------------------------------------------------ the matrix

@@ -6,7 +6,6 @@ both configured in ``~/.qwen/settings.json`` under ``modelProviders``.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -19,6 +18,7 @@ from tests.agents.matrix import (
     ROUND_TRIP,
     SAY_HI,
     AgentRun,
+    AgentRunFactory,
     Script,
     text_reply,
     tool_names,
@@ -29,7 +29,6 @@ pytestmark = [pytest.mark.cli_agents, pytest.mark.slow]
 
 AGENT = "Qwen Code"
 TOOL = "read_file"  # {"file_path": ...}
-AgentRunFactory = Callable[..., AgentRun]
 
 
 def settings(openai_base: str, anthropic_base: str) -> dict[str, Any]:
