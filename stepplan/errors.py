@@ -9,7 +9,9 @@
     ├── PermissionDenied              403 permission_denied          permission_error
     ├── NotFound                      404 not_found                  not_found_error
     │   └── ModelNotFound             404 model_not_found            not_found_error
+    ├── RequestTimeout                408 request_timeout            invalid_request_error
     ├── PayloadTooLarge               413 request_too_large          request_too_large
+    ├── HeadersTooLarge               431 request_params_invalid     invalid_request_error
     ├── RateLimited                   429 rate_limit_exceeded        rate_limit_error
     ├── UpstreamError                 502 upstream_error             api_error
     │   └── UpstreamTimeout           504 upstream_timeout           api_error
@@ -98,6 +100,18 @@ class NotFound(GatewayError):
 
 class ModelNotFound(NotFound):
     code = "model_not_found"
+
+
+class RequestTimeout(GatewayError):
+    """The client did not send its request's headers or body in time (stepplan.http_guard)."""
+
+    status = 408
+    code = "request_timeout"
+    anthropic_type = "invalid_request_error"
+
+
+class HeadersTooLarge(InvalidRequest):
+    status = 431
 
 
 class PayloadTooLarge(GatewayError):

@@ -23,6 +23,9 @@ from typing import Any
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .api.common import is_anthropic_path
+from .errors import GatewayError, HeadersTooLarge, InvalidRequest, RequestTimeout
+
 REASONS = {400: b"Bad Request", 408: b"Request Timeout", 413: b"Content Too Large",
            431: b"Request Header Fields Too Large"}
 
@@ -35,16 +38,12 @@ class Limits:
     body_timeout: float = 120.0
 
 
-def error_bytes(status: int, code: str, message: str, path: bytes) -> bytes:
-    """A complete HTTP/1.1 error response in the caller's protocol, closing the connection."""
-    if b"/messages" in path:
-        kind = {400: "invalid_request_error", 408: "timeout_error", 413: "request_too_large",
-                431: "invalid_request_error"}.get(status, "api_error")
-        body = orjson.dumps({"type": "error", "error": {"type": kind, "message": f"{code}: {message}"}})
-    else:
-        body = orjson.dumps({"error": {"message": message, "type": "invalid_request_error", "code": code}})
+def error_bytes(exc: GatewayError, path: bytes) -> bytes:
+    """A complete HTTP/1.1 response for ``exc`` in the protocol of ``path``, closing the connection."""
+    anthropic = is_anthropic_path(path.decode("latin-1"))
+    body = orjson.dumps(exc.anthropic_body("") if anthropic else exc.openai_body(""))
     head = (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
-            % (status, REASONS.get(status, b"Error"), len(body)))
+            % (exc.status, REASONS.get(exc.status, b"Error"), len(body)))
     return head + body
 
 
@@ -73,15 +72,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._timer = None
         if self.cycle is not None and not self.cycle.response_complete and self.cycle.more_body is False:
             return  # the request is complete and being answered: never cut a response
-        self._reject(408, "request_timeout", message)
+        self._reject(RequestTimeout(message))
 
-    def _reject(self, status: int, code: str, message: str) -> None:
+    def _reject(self, exc: GatewayError) -> None:
         if self._rejected or self.transport.is_closing():
             return
         self._rejected = True
         self._disarm()
         if self.cycle is None or not self.cycle.response_started:
-            self.transport.write(error_bytes(status, code, message, getattr(self, "url", b"") or b""))
+            self.transport.write(error_bytes(exc, getattr(self, "url", b"") or b""))
         if self.cycle is not None:
             self.cycle.disconnected = True
             self.cycle.message_event.set()
@@ -103,7 +102,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """The parser refused the request: answer in JSON, in the protocol of its path."""
-        self._reject(400, "request_params_invalid", f"malformed HTTP request ({msg.rstrip('.')})")
+        self._reject(InvalidRequest(f"malformed HTTP request ({msg.rstrip('.')})"))
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
@@ -124,11 +123,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._n_headers += 1
         self._header_bytes += len(name) + len(value)
         if self._n_headers > self.limits.max_headers:
-            self._reject(431, "request_params_invalid", f"more than {self.limits.max_headers} request headers")
+            self._reject(HeadersTooLarge(f"more than {self.limits.max_headers} request headers"))
             raise ValueError("too many headers")
         if self._header_bytes > self.limits.max_header_bytes:
-            self._reject(431, "request_params_invalid",
-                         f"request headers larger than {self.limits.max_header_bytes} bytes")
+            self._reject(HeadersTooLarge(f"request headers larger than {self.limits.max_header_bytes} bytes"))
             raise ValueError("headers too large")
         super().on_header(name, value)
 
