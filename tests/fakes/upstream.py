@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -65,7 +66,8 @@ def free_port() -> int:
 
 
 class FakeUpstream:
-    def __init__(self) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.ssl_context = ssl_context  # serve https with it (tests/fakes/tls.py makes one)
         self.port = free_port()
         self.requests: list[Recorded] = []
         self.replies: deque[Reply] = deque()
@@ -82,7 +84,7 @@ class FakeUpstream:
     # ---------------------------------------------------------------- control
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{self.port}/v1"
 
     def queue_json(self, body: Any, status: int = 200, **kw: Any) -> None:
         self.replies.append(Reply(status=status, json=body, **kw))
@@ -129,7 +131,8 @@ class FakeUpstream:
         app.router.add_get("/v1/models", self._models)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5, handler_cancellation=True)
         self._loop.run_until_complete(self._runner.setup())
-        self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
+        self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port,
+                                                          ssl_context=self.ssl_context).start())
         self._ready.set()
         self._loop.run_forever()
 
