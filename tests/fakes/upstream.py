@@ -46,6 +46,8 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     hang: bool = False  # never answer (timeout tests)
     gate: threading.Event | None = None  # answer only once the test sets this (at most 60 s later)
+    reset: bool = False  # drop the connection (TCP reset) without answering
+    raw: bytes | None = None  # the body as is, instead of ``json`` (truncated or malformed documents)
 
 
 ReplyFn = Callable[[str, Any], Reply]
@@ -162,9 +164,16 @@ class FakeUpstream:
         except asyncio.CancelledError:  # the gateway dropped the call before any answer
             self.cancelled += 1
             raise
+        if reply.reset:
+            sock = request.transport.get_extra_info("socket") if request.transport else None
+            if sock is not None:  # SO_LINGER 0: close() sends a RST, not a FIN
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            request.transport.abort()  # type: ignore[union-attr]
+            raise asyncio.CancelledError
         if reply.sse is None:
-            return web.Response(status=reply.status, body=orjson.dumps(reply.json),
-                                content_type="application/json", headers=reply.headers)
+            body = reply.raw if reply.raw is not None else orjson.dumps(reply.json)
+            return web.Response(status=reply.status, body=body, content_type="application/json",
+                                headers=reply.headers)
         resp = web.StreamResponse(status=reply.status, headers={"content-type": "text/event-stream", **reply.headers})
         await resp.prepare(request)
         try:
