@@ -222,3 +222,62 @@ def test_no_proxy_configured_uses_the_plain_pool(plain: FakeUpstream) -> None:
     up = upstream(plain.base_url, "")
     assert type(up.transport).__name__ == "ConnectionPool"
     asyncio.run(up.aclose())
+
+
+def test_through_the_gateway_env_proxy_no_proxy_and_a_dead_proxy_in_the_callers_protocol(
+        tmp_path: Path, fake: FakeUpstream, tls: tuple[FakeUpstream, Path], proxy: ConnectProxy) -> None:
+    """The gateway process: HTTPS_PROXY carries the https upstream (on localhost) through the proxy,
+    NO_PROXY=127.0.0.1 keeps the default upstream direct, and a member whose explicit proxy is down
+    is a 502 in the caller's protocol that names the proxy, never its password."""
+    import httpx
+
+    from tests.billing.conftest import Admin, start_gateway
+
+    up, cert = tls
+    up.reset()
+    dead = free_port()
+    extra = f"""
+[upstreams.secure]
+base_url = "https://localhost:{up.port}/v1"
+api_key = "k"
+ca_file = "{cert}"
+
+[upstreams.blocked]
+base_url = "https://localhost:{up.port}/v1"
+api_key = "k"
+ca_file = "{cert}"
+max_retries = 0
+proxy = "http://corp:hunter2@127.0.0.1:{dead}"
+
+[models."step-3.5-flash"]
+upstream = "secure"
+
+[models."step-3.7-flash"]
+upstream = "blocked"
+"""
+    gw = start_gateway(tmp_path, fake, extra=extra,
+                       env={"HTTPS_PROXY": proxy.url(), "HTTP_PROXY": proxy.url(), "NO_PROXY": "127.0.0.1"})
+    try:
+        _, key = Admin(gw).account()
+        auth = {"authorization": f"Bearer {key}"}
+        r = httpx.post(f"{gw.openai_base}/chat/completions", headers=auth, timeout=30,
+                       json={"model": "step-3.5-flash", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200, r.text
+        assert proxy.lines == [f"CONNECT localhost:{up.port} HTTP/1.1"] and len(up.requests) == 1
+        r = httpx.post(f"{gw.openai_base}/chat/completions", headers=auth, timeout=30,  # default upstream: direct
+                       json={"model": "step-3.5-flash-2603", "messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 200, r.text
+        assert len(proxy.lines) == 1 and len(fake.requests) == 1
+        anthropic = {"x-api-key": key, "anthropic-version": "2023-06-01"}
+        for path, headers in ((f"{gw.openai_base}/chat/completions", auth),
+                              (f"{gw.anthropic_base}/v1/messages", anthropic)):
+            r = httpx.post(path, headers=headers, timeout=30, json={
+                "model": "step-3.7-flash", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]})
+            assert r.status_code == 502, r.text
+            err = r.json()["error"]
+            assert f"cannot connect to proxy 127.0.0.1:{dead}" in err["message"]
+            assert err["type"] == ("api_error" if "messages" in path else "upstream_error")
+            assert "hunter2" not in r.text
+        assert "hunter2" not in gw.log_text()
+    finally:
+        gw.stop()
