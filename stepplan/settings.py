@@ -103,7 +103,7 @@ class ServerConfig:
 
 def _check_proxy(url: str | None, key: str) -> None:
     if url:
-        from .engines._proxy import parse_proxy_url
+        from .engines.proxy_url import parse_proxy_url
 
         try:
             parse_proxy_url(url)

@@ -12,8 +12,8 @@ of ``_h1.py`` with its connections opened through a proxy.
 
 A proxy that cannot be reached, answers the tunnel with anything but 200, or answers a forwarded
 request with 407 raises :class:`~stepplan.engines.transport.ProxyError`, whose message names the
-proxy's ``host:port`` and never its credentials. A direct pool never imports this module: the
-proxy costs nothing on the path of upstreams without one (docs/performance.md).
+proxy's ``host:port`` and never its credentials. ``make_transport`` imports this module only for a
+member with a proxy: the direct path carries no proxy code (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -21,41 +21,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import ssl
-from urllib.parse import unquote, urlsplit
 
 from ._h1 import Connection, ConnectionPool, Response
+from .proxy_url import parse_proxy_url, proxy_where
 from .transport import ProxyError, UpstreamRequest
 
-__all__ = ["ProxiedPool", "parse_proxy_url"]
+__all__ = ["ProxiedPool", "parse_proxy_url", "proxy_where"]
 
 MAX_CONNECT_HEAD = 16 * 1024  # a CONNECT answer's head larger than this is refused
-
-
-def parse_proxy_url(url: str) -> tuple[str, int, str | None]:
-    """``(host, port, "user:pass" or None)`` of an ``http://[user:pass@]host[:port]`` proxy URL
-    (no scheme means http, as for curl; the port defaults to 1080 as for curl). ValueError, whose
-    message never contains the password, for anything else."""
-    raw = url if "://" in url else f"http://{url}"
-    try:
-        parts = urlsplit(raw)
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"proxy {_safe(url)!r} is not a valid URL") from None
-    if parts.scheme != "http":
-        raise ValueError(f"proxy {_safe(url)!r}: only http:// proxies are supported (HTTPS targets are "
-                         "tunnelled through them with CONNECT)")
-    if not parts.hostname or parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise ValueError(f"proxy {_safe(url)!r} must look like http://[user:pass@]host:port")
-    creds = None
-    if parts.username is not None:
-        creds = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-    return parts.hostname, port or 1080, creds
-
-
-def _safe(url: str) -> str:
-    """The URL without its userinfo (for messages)."""
-    scheme, sep, rest = url.rpartition("://")
-    return f"{scheme}{sep}{rest.rpartition('@')[2]}"
 
 
 class _Tunnel(asyncio.Protocol):

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..settings import MemberConfig, UpstreamConfig
+from .proxy_url import proxy_where
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
@@ -115,7 +116,7 @@ class Member:
                 "in_flight": self.in_flight, "consecutive_failures": self.failures,
                 "failures": self.total_failures, "credentials_rejected": self.credentials_rejected,
                 "cooldown_until": (time.time() + self.cooldown_until - now) if cooling else None,
-                "max_concurrency": self.cfg.max_concurrency, "rpm": self.cfg.rpm}
+                "max_concurrency": self.cfg.max_concurrency, "rpm": self.cfg.rpm, "proxy": proxy_where(self.cfg.proxy)}
 
 
 class Affinity:

@@ -231,7 +231,7 @@ def test_through_the_gateway_env_proxy_no_proxy_and_a_dead_proxy_in_the_callers_
     is a 502 in the caller's protocol that names the proxy, never its password."""
     import httpx
 
-    from tests.billing.conftest import Admin, start_gateway
+    from tests.billing.conftest import ADMIN, Admin, start_gateway
 
     up, cert = tls
     up.reset()
@@ -279,5 +279,19 @@ upstream = "blocked"
             assert err["type"] == ("api_error" if "messages" in path else "upstream_error")
             assert "hunter2" not in r.text
         assert "hunter2" not in gw.log_text()
+        view = httpx.get(f"{gw.url}/admin/v1/upstreams", timeout=10,
+                         headers={"authorization": f"Bearer {ADMIN}"}).json()["data"]
+        proxies = {u["name"]: [m["proxy"] for m in u["members"]] for u in view}
+        assert proxies["blocked"] == [f"127.0.0.1:{dead}"] and proxies["secure"] == [f"127.0.0.1:{proxy.port}"]
+        assert "hunter2" not in str(view)
     finally:
         gw.stop()
+
+
+def test_member_keys_and_proxy_passwords_are_secrets_for_the_logs(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(CONFIG.replace('proxy = "http://member:8080"', 'proxy = "http://u:p%40ss-word@member:8080"')
+                    .replace('name = "own"\napi_key = "k"', 'name = "own"\napi_key = "member-own-key"'))
+    s = load_settings(path, env={"HTTPS_PROXY": "http://env:envpass-123@envproxy:3128"})
+    secrets = set(s.secrets())
+    assert {"member-own-key", "p@ss-word", "envpass-123"} <= secrets
