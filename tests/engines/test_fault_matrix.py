@@ -1,6 +1,6 @@
 """Fault-injection matrix (issue 14): every upstream fault, on both client protocols (Chat
-Completions and Messages), streamed and not, through the real gateway against fake upstreams on
-127.0.0.1. For each: what the client sees, which member served (``x-stepplan-served-by``), and
+Completions and Messages, and the Responses API), streamed and not, through the real gateway
+against fake upstreams on 127.0.0.1. For each: what the client sees, which member served (``x-stepplan-served-by``), and
 what was billed (exactly what served; nothing for a failed call; for a stream broken after its
 first byte, what was delivered — docs/billing.md "Usage that is billed").
 
@@ -105,13 +105,17 @@ def call(gw: Gateway, key: str, proto: str, stream: bool, model: str = MODEL) ->
             body["stream_options"] = {"include_usage": True}
         return httpx.post(f"{gw.openai_base}/chat/completions", json=body, timeout=30,
                           headers={"authorization": f"Bearer {key}"})
+    if proto == "responses":
+        return httpx.post(f"{gw.openai_base}/responses", json={"model": model, "input": "hello", "stream": stream,
+                                                              "store": False},
+                          timeout=30, headers={"authorization": f"Bearer {key}"})
     return httpx.post(f"{gw.anthropic_base}/v1/messages", timeout=30,
                       json={"model": model, "messages": MSGS, "max_tokens": 256, "stream": stream},
                       headers={"x-api-key": key, "anthropic-version": "2023-06-01"})
 
 
 def text_of(r: httpx.Response, proto: str, stream: bool) -> str:
-    if stream:
+    if stream or proto == "responses":
         return r.text
     body = r.json()
     return body["choices"][0]["message"]["content"] if proto == "chat" else body["content"][0]["text"]
@@ -121,6 +125,8 @@ def stream_error(r: httpx.Response, proto: str) -> bool:
     """The stream carries an error in the caller's protocol and then ends."""
     if proto == "messages":
         return "event: error" in r.text
+    if proto == "responses":
+        return "event: error" in r.text or "event: response.failed" in r.text
     return any(line.startswith("data: {") and "error" in orjson.loads(line[6:])
                for line in r.text.splitlines())
 
@@ -143,7 +149,7 @@ BEFORE_FIRST_BYTE: dict[str, list[Reply]] = {
     "upstream 403": [Reply(status=403, json={"error": {"message": f"key {SECRET} may not use this model"}})],
 }
 CASES = [(fault, proto, stream) for fault in [*BEFORE_FIRST_BYTE, "connect refused"]
-         for proto in ("chat", "messages") for stream in (False, True)]
+         for proto in ("chat", "messages", "responses") for stream in (False, True)]
 
 
 @pytest.mark.parametrize(("fault", "proto", "stream"), CASES)
@@ -192,7 +198,7 @@ def test_every_member_rejecting_the_credentials_is_a_502_without_the_upstreams_t
     assert SECRET not in gw.log_text()
 
 
-@pytest.mark.parametrize("proto", ["chat", "messages"])
+@pytest.mark.parametrize("proto", ["chat", "messages", "responses"])
 @pytest.mark.parametrize("fault", ["reset mid-stream", "malformed SSE after the first byte"])
 def test_a_fault_after_the_first_byte_ends_the_stream_with_an_error_and_bills_what_was_delivered(
         gw: Gateway, members: tuple[FakeUpstream, FakeUpstream], proto: str, fault: str) -> None:
