@@ -268,7 +268,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> ASG
     from .engines import _http
     from .logs import add_secrets
 
-    add_secrets([settings.admin_token, settings.secret, *(u.api_key for u in settings.upstreams.values())])
+    add_secrets(settings.secrets())
     if not tracing.enabled and tracing.configured():
         tracing.setup()
 

@@ -132,6 +132,7 @@ class Call:
     error_code: str | None = None  # the StepFun code of the last upstream failure (metrics, logs)
     finish: str | None = None  # the finish reason (traces)
     ctx: CallContext | None = None  # the latest engine attempt's context (its served_by: upstream/member)
+    pinged: bool = False  # a stream whose head went out (keep-alive pings) before what serves it was known
 
     def request_for(self, spec: ModelSpec) -> Request:
         """The request as the engine serving ``spec`` receives it."""
@@ -167,6 +168,8 @@ class Call:
         effort = self.effort
         if effort is not None:
             headers["x-stepplan-effort"] = effort
+        if self.pinged:  # not known yet: api/common.served_comment says it in the stream
+            return headers
         if self.ctx is not None and self.ctx.served_by:
             headers["x-stepplan-served-by"] = self.ctx.served_by
         if self.spec.kind == "router" or self.served_model.id != self.spec.id:
@@ -381,8 +384,12 @@ class Gateway:
         with tracing.child("route"):
             route = self.router.choose(req, spec)
         engines = list(route.engines)
-        for e in route.engines:  # [models."X"] fallbacks, after the route's own engines, each model once
-            engines += [f for f in self.catalog.fallback_chain(e) if f not in engines]
+        kinds: set[str] | None = None
+        for e in route.engines:  # [models."X"] fallbacks, after the route's own engines, each model once,
+            chain = self.catalog.fallback_chain(e)  # less those lacking a modality the request uses
+            if chain:
+                kinds = _media_kinds(req) if kinds is None else kinds
+                engines += [f for f in chain if f not in engines and kinds.issubset(f.input_modalities)]
         route.engines = engines
         served = route.engines[0]
         if spec.kind == "router":

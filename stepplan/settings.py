@@ -101,6 +101,55 @@ class ServerConfig:
             raise ConfigError("log_level", f"must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}")
 
 
+def _check_proxy(url: str | None, key: str) -> None:
+    if url:
+        from .engines.proxy_url import parse_proxy_url
+
+        try:
+            parse_proxy_url(url)
+        except ValueError as exc:
+            raise ConfigError(key, str(exc)) from None
+
+
+def env_proxies(env: dict[str, str]) -> dict[str, str]:
+    """The ``*_proxy`` variables as ``urllib.request.getproxies_environment`` reads them: scheme →
+    URL (``no`` → the NO_PROXY list); the lower-case form wins over the upper-case one, and an
+    empty lower-case variable unsets it. ``HTTP_PROXY`` in upper case is ignored under CGI
+    (``REQUEST_METHOD`` set: "httpoxy"), as urllib does."""
+    out: dict[str, str] = {}
+    for name, value in env.items():
+        if value and name.lower().endswith("_proxy") and name != name.lower():
+            out[name[:-6].lower()] = value
+    if "REQUEST_METHOD" in env:
+        out.pop("http", None)
+    for name, value in env.items():
+        if name.endswith("_proxy") and name == name.lower():
+            if value:
+                out[name[:-6]] = value
+            else:
+                out.pop(name[:-6], None)
+    return out
+
+
+def proxy_from_env(proxies: dict[str, str], base_url: str) -> str:
+    """The proxy the environment gives ``base_url`` ("" for direct): ``https_proxy`` for https
+    upstreams, ``http_proxy`` for http ones, unless ``no_proxy`` matches the host (as
+    ``urllib.request.proxy_bypass_environment``: ``*``, host names and domain suffixes, with or
+    without a port). ConfigError naming the variable when its URL is not usable."""
+    from urllib.parse import urlsplit
+    from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]  # not in typeshed
+
+    scheme = urlsplit(base_url).scheme
+    url = proxies.get(scheme, "") if scheme in ("http", "https") else ""
+    if not url:
+        return ""
+    host = urlsplit(base_url).netloc.rpartition("@")[2]
+    if "no" in proxies and proxy_bypass_environment(host, proxies):
+        return ""
+    _check_proxy(url, f"{scheme.upper()}_PROXY")
+    return url
+
+
 @dataclass(slots=True)
 class MemberConfig:
     """``[[upstreams.NAME.members]]``: one key and/or endpoint of a pool (see engines/pool.py)."""
@@ -113,10 +162,13 @@ class MemberConfig:
     max_concurrency: int | None = None
     rpm: int | None = None
     upstream_model: dict[str, str] = field(default_factory=dict)  # model id → the name this member knows
+    # http://[user:pass@]host:port; "" = direct; unset: the upstream's proxy, else HTTPS_PROXY/HTTP_PROXY/NO_PROXY
+    proxy: str | None = None
 
     def check(self) -> None:
         if not self.name:
             raise ConfigError("name", "must not be empty")
+        _check_proxy(self.proxy, "proxy")
         if not (self.weight > 0 and math.isfinite(self.weight)):
             raise ConfigError("weight", f"must be a number > 0, not {self.weight!r}")
         for key in ("max_concurrency", "rpm"):
@@ -151,13 +203,28 @@ class UpstreamConfig:
     breaker_failures: int = 3  # consecutive failures that open a member's circuit breaker
     cooldown_max: float = 30.0  # the longest a failed member is kept out of rotation
     affinity_seconds: float = 1800.0  # a conversation keeps its member this long (prompt-cache affinity)
+    # outbound proxy for every member (docs/engines.md "Outbound proxies"); "" = direct, unset = the environment
+    proxy: str | None = None
+    ca_file: str | None = None  # PEM file of the CAs trusted for https upstreams (default: the system's)
 
     def pool_members(self) -> list[MemberConfig]:
-        """The pool: the members, base URL and key defaulting to the upstream's; without
-        ``members``, one member named ``default`` from the upstream's own keys."""
+        """The pool: the members, base URL, key and proxy defaulting to the upstream's; without
+        ``members``, one member named ``default`` from the upstream's own settings."""
         if not self.members:
-            return [MemberConfig(name="default", base_url=self.base_url, api_key=self.api_key)]
-        return [m if m.base_url else dataclasses.replace(m, base_url=self.base_url) for m in self.members]
+            return [MemberConfig(name="default", base_url=self.base_url, api_key=self.api_key, proxy=self.proxy)]
+        return [dataclasses.replace(m, base_url=m.base_url or self.base_url,
+                                    proxy=self.proxy if m.proxy is None else m.proxy) for m in self.members]
+
+    def resolve_proxies(self, env_proxies: dict[str, str]) -> None:
+        """Give each member without an explicit ``proxy`` (its own or the upstream's) the one the
+        environment names for its base URL (:func:`proxy_from_env`), "" meaning direct."""
+        if self.protocol == "local" or self.proxy is not None:
+            return
+        if not self.members:
+            self.proxy = proxy_from_env(env_proxies, self.base_url)
+        for m in self.members:
+            if m.proxy is None:
+                m.proxy = proxy_from_env(env_proxies, m.base_url or self.base_url)
 
     def check(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -174,6 +241,9 @@ class UpstreamConfig:
             raise ConfigError("breaker_failures", "must be positive")
         if self.affinity_seconds < 0:
             raise ConfigError("affinity_seconds", "must be 0 or more")
+        _check_proxy(self.proxy, "proxy")
+        if self.ca_file is not None and not Path(self.ca_file).is_file():
+            raise ConfigError("ca_file", f"{self.ca_file!r} is not a readable file")
         self.base_url = self.base_url.rstrip("/")
         if self.protocol == "local":
             if self.members:
@@ -301,6 +371,21 @@ class Settings:
         spec = self.catalog.models.get(model_id)
         name = (spec.upstream if spec else None) or self.default_upstream
         return self.upstreams[name]
+
+    def secrets(self) -> list[str | None]:
+        """Every configured secret, for ``logs.add_secrets``: the admin token, the signing secret,
+        each upstream's and each pool member's API key, and each proxy URL's userinfo."""
+        from urllib.parse import unquote, urlsplit
+
+        out: list[str | None] = [self.admin_token, self.secret]
+        for up in self.upstreams.values():
+            out.append(up.api_key)
+            for m in up.pool_members():
+                out.append(m.api_key)
+                if m.proxy and "@" in m.proxy:
+                    user = urlsplit(m.proxy if "://" in m.proxy else f"http://{m.proxy}")
+                    out += [user.password and unquote(user.password), m.proxy.rpartition("@")[0]]
+        return out
 
 
 # --------------------------------------------------------------------------------------- the loader
@@ -466,7 +551,9 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
     try:
         s.database_url = env.get("STEPPLAN_DATABASE_URL") or file.database.url or s.database_url
         s.redis_url = env.get("STEPPLAN_REDIS_URL") or file.redis.url or None
+        proxies = env_proxies(env)
         for name, up in file.upstreams.items():
+            up.resolve_proxies(proxies)  # a ConfigError names the variable (HTTPS_PROXY, ...)
             up.resolve_keys(env)
             s.upstreams[name] = up
         if not s.upstreams:

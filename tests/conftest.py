@@ -147,7 +147,8 @@ def make_gateway(tmp: Path, fake: FakeUpstream, *, db_url: str | None = None, ex
     if os.environ.get("STEPPLAN_TEST_BILLING") == "0":  # run the protocol tests without metering
         extra += "\n[billing]\nenabled = false\n"
     write_config(config, fake, db_url=db_url or f"sqlite:///{tmp}/stepplan.db", extra=extra)
-    e = {k: v for k, v in os.environ.items() if not k.startswith("STEPPLAN_")}
+    # the machine's *_proxy variables would send the gateway's calls to the fakes through a proxy
+    e = {k: v for k, v in os.environ.items() if not k.startswith("STEPPLAN_") and not k.lower().endswith("_proxy")}
     e["PYTHONPATH"] = str(ROOT)
     e.update(test_clock.gateway_env())  # STEPPLAN_TEST_DATE (tests/clock.py)
     e.update(env or {})

@@ -221,11 +221,25 @@ async def open_stream(request: HTTPRequest, call: Call, interval: float) -> asyn
     return None
 
 
+def served_comment(call: Call) -> bytes:
+    """What a pinged stream's headers could not say (they left before the call opened): an SSE
+    comment, which every SSE client skips, naming the member that served and, when it is not the
+    model asked for, the model (``: x-stepplan-served-by: up/member``)."""
+    lines = []
+    if call.ctx is not None and call.ctx.served_by:
+        lines.append(f": x-stepplan-served-by: {call.ctx.served_by}\n")
+    if call.spec.kind == "router" or call.served_model.id != call.spec.id:
+        lines.append(f": x-stepplan-routed-model: {call.served_model.id}\n")
+    return ("".join(lines) + "\n").encode() if lines else b""
+
+
 async def pinged_body(opening: asyncio.Task[Any], ping: bytes, interval: float, frames: AsyncIterator[bytes],
-                      enc: StreamCodec, error_body: Callable[[GatewayError], dict[str, Any]]) -> AsyncIterator[bytes]:
-    """A ping every ``interval`` until the call has opened, then its frames; a failure before the
-    first event (every member and fallback failed, or the deadline passed) becomes the protocol's
-    error event, since the response has started."""
+                      enc: StreamCodec, error_body: Callable[[GatewayError], dict[str, Any]],
+                      call: Call) -> AsyncIterator[bytes]:
+    """A ping every ``interval`` until the call has opened, then what served it
+    (:func:`served_comment`) and its frames; a failure before the first event (every member and
+    fallback failed, or the deadline passed) becomes the protocol's error event, since the
+    response has started."""
     try:
         while not opening.done():
             await asyncio.wait({opening}, timeout=interval)
@@ -236,6 +250,9 @@ async def pinged_body(opening: asyncio.Task[Any], ping: bytes, interval: float, 
         except GatewayError as exc:
             yield enc.error(error_body(exc))
             return
+        served = served_comment(call)
+        if served:
+            yield served
         async for out in frames:
             yield out
     finally:
@@ -258,5 +275,6 @@ async def stream_frames(request: HTTPRequest, call: Call, enc: StreamCodec,
     opening = await open_stream(request, call, interval)
     frames = sse_body(call, enc, error_body, trace)
     if opening is not None:  # no first token yet: start the stream and keep it alive
-        frames = pinged_body(opening, ping, interval, frames, enc, error_body)
+        call.pinged = True  # its headers cannot say yet what serves it
+        frames = pinged_body(opening, ping, interval, frames, enc, error_body, call)
     return frames

@@ -7,6 +7,7 @@ Exit code 0 when nothing failed (warnings allowed), 1 otherwise.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sys
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -65,6 +66,7 @@ async def upstream_finding(up: UpstreamConfig, timeout: float = 5.0) -> Finding:
                                                           "(pip install 'stepplan[local]')")
         return Finding(f"upstream {up.name}", "ok", "in-process model (llama-cpp-python installed)")
     from ..engines._h1 import ConnectionPool, HTTPError, render_headers
+    from ..engines._http import make_transport
     from ..engines.anthropic import ANTHROPIC_VERSION
 
     headers = dict(up.headers)
@@ -73,7 +75,9 @@ async def upstream_finding(up: UpstreamConfig, timeout: float = 5.0) -> Finding:
             headers.update({"x-api-key": up.api_key, "anthropic-version": ANTHROPIC_VERSION})
         else:
             headers["authorization"] = f"Bearer {up.api_key}"
-    pool = ConnectionPool(up.base_url, max_connections=1, connect_timeout=min(timeout, up.connect_timeout))
+    pool = make_transport(dataclasses.replace(up, max_connections=1,
+                                              connect_timeout=min(timeout, up.connect_timeout)))
+    assert isinstance(pool, ConnectionPool)  # direct or through the upstream's proxy
     area = f"upstream {up.name}"
     try:
         async with asyncio.timeout(timeout):

@@ -111,7 +111,7 @@ def serve(ctx: click.Context, config: str | None, host: str, port: int, workers:
     setup_logging(level, settings.log_format)
     from ..logs import add_secrets
 
-    add_secrets([settings.admin_token, settings.secret, *(u.api_key for u in settings.upstreams.values())])
+    add_secrets(settings.secrets())
     metrics_dir = None
     if settings.metrics:
         from ..observability.metrics import prepare_multiprocess_dir

@@ -294,9 +294,12 @@ def parse_base_url(base_url: str) -> tuple[str, str, int, str]:
     return url.scheme, url.hostname, port or (443 if url.scheme == "https" else 80), url.path.rstrip("/")
 
 
-def default_ssl_context() -> ssl.SSLContext:
+def default_ssl_context(ca_file: str | None = None) -> ssl.SSLContext:
     """Certificate-verifying TLS with the system's CA store; the ``certifi`` bundle when the
-    system has none (slim containers) and certifi is installed."""
+    system has none (slim containers) and certifi is installed. With ``ca_file``, only the
+    certificates in that PEM file are trusted (a private CA, or a self-signed test upstream)."""
+    if ca_file:
+        return ssl.create_default_context(cafile=ca_file)
     ctx = ssl.create_default_context()
     if not ctx.cert_store_stats().get("x509_ca"):
         try:
@@ -320,6 +323,11 @@ class ConnectionPool:
         self.max_connections = max_connections
         self.connect_timeout = connect_timeout
         self.user_agent = user_agent
+        # The request line's target before the request's path, and the fixed header lines after it
+        # (a proxied pool, engines/_proxy.py, puts an absolute URL and Proxy-Authorization here).
+        self._target = self.prefix
+        self._fixed = f"Host: {self.host_header}\r\nUser-Agent: {user_agent}\r\n"
+        self.where = f"{self.host}:{self.port}"  # named in connect errors
         self._idle: dict[Connection, None] = {}  # insertion order: the newest is reused first
         self._count = 0  # connections open or being opened
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
@@ -330,9 +338,8 @@ class ConnectionPool:
         caller bounds that wait). A reused connection the server had closed before answering
         raises :class:`StaleConnection`; nothing is resent here."""
         body = request.body
-        head = (f"{request.method} {self.prefix}{request.path} HTTP/1.1\r\nHost: {self.host_header}\r\n"
-                f"User-Agent: {self.user_agent}\r\nContent-Length: {len(body)}\r\n").encode("latin-1") \
-            + request.headers + b"\r\n"
+        head = (f"{request.method} {self._target}{request.path} HTTP/1.1\r\n{self._fixed}"
+                f"Content-Length: {len(body)}\r\n").encode("latin-1") + request.headers + b"\r\n"
         conn, reused = await self._acquire()
         try:
             conn.send(head, body)
@@ -385,17 +392,21 @@ class ConnectionPool:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, conn = await loop.create_connection(lambda: Connection(self, loop), self.host, self.port,
-                                                       ssl=self._ssl)
+                conn = await self._connect(loop)
         except BaseException as exc:
             self._count -= 1
             self._notify()
             if isinstance(exc, TimeoutError):
-                raise ConnectError(f"connect to {self.host}:{self.port} timed out") from exc
+                raise ConnectError(f"connect to {self.where} timed out") from exc
             if isinstance(exc, OSError):
-                raise ConnectError(f"cannot connect to {self.host}:{self.port}: {exc.strerror or exc}") from exc
+                raise ConnectError(f"cannot connect to {self.where}: {exc.strerror or exc}") from exc
             raise
         return conn, False
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> Connection:
+        """Open one connection to the origin (a proxied pool opens it through its proxy)."""
+        _, conn = await loop.create_connection(lambda: Connection(self, loop), self.host, self.port, ssl=self._ssl)
+        return conn
 
     def _give_back(self, conn: Connection) -> None:
         if self._closed or conn.closed:

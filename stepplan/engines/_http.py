@@ -12,7 +12,7 @@ response head has arrived. Streaming bodies are read as they arrive.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import logging
 import random
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any, Protocol
@@ -20,9 +20,9 @@ from typing import Any, Protocol
 import orjson
 
 from ..errors import GatewayError, UpstreamError, UpstreamTimeout, upstream_error_for_status
-from ..logs import REDACTED
+from ..logs import REDACTED, redact
 from ..observability import tracing
-from ..settings import UpstreamConfig
+from ..settings import MemberConfig, UpstreamConfig
 from .base import CallContext
 from .pool import Member, Pool
 from .transport import (
@@ -39,6 +39,7 @@ from .transport import (
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
 _STREAM_ACCEPT = b"Accept: text/event-stream\r\nAccept-Encoding: identity\r\n"
 _JSON_ACCEPT = b"Accept: application/json\r\nAccept-Encoding: gzip, deflate\r\n"
+log = logging.getLogger("stepplan.upstream")
 
 
 def backoff(attempt: int, retry_after: float | None) -> float:
@@ -63,11 +64,21 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
 
 
-def make_transport(cfg: UpstreamConfig) -> Transport:
-    """The transport for an upstream's config (the one place that picks a transport)."""
-    from ._h1 import ConnectionPool
+def make_transport(cfg: UpstreamConfig, member: MemberConfig | None = None) -> Transport:
+    """The transport for one member of an upstream (the one place that picks a transport): pooled
+    HTTP/1.1, through the member's proxy when it has one (``settings`` resolved the explicit
+    setting or the environment into ``member.proxy``; "" is direct)."""
+    from ._h1 import ConnectionPool, default_ssl_context
 
-    return ConnectionPool(cfg.base_url, max_connections=cfg.max_connections, connect_timeout=cfg.connect_timeout)
+    m = member if member is not None else cfg.pool_members()[0]
+    ssl_context = default_ssl_context(cfg.ca_file) if m.base_url.startswith("https:") else None
+    if m.proxy:
+        from ._proxy import ProxiedPool
+
+        return ProxiedPool(m.base_url, m.proxy, max_connections=cfg.max_connections,
+                           connect_timeout=cfg.connect_timeout, ssl_context=ssl_context)
+    return ConnectionPool(m.base_url, max_connections=cfg.max_connections, connect_timeout=cfg.connect_timeout,
+                          ssl_context=ssl_context)
 
 
 def _error_message(raw: bytes) -> str:
@@ -158,7 +169,7 @@ class HTTPUpstream:
             auth_headers = auth if isinstance(auth, dict) else auth(m.cfg.api_key)
             headers = {"content-type": "application/json", **auth_headers, **cfg.headers}
             if transport is None:
-                t = make_transport(dataclasses.replace(cfg, base_url=m.cfg.base_url))
+                t = make_transport(cfg, m.cfg)
             elif isinstance(transport, Mapping):
                 t = transport[m.name]
             else:
@@ -169,12 +180,13 @@ class HTTPUpstream:
         self._secrets = [m.cfg.api_key for m in self.pool.members if m.cfg.api_key]
 
     def _message(self, raw: bytes) -> str:
-        """An upstream's error text, without any member's key should the upstream echo it back."""
+        """An upstream's error text, without any member's key should the upstream echo it back,
+        nor anything else credential-shaped (``sk-…``, bearer tokens: ``logs.redact``)."""
         msg = _error_message(raw)
         for secret in self._secrets:
             if secret in msg:
                 msg = msg.replace(secret, REDACTED)
-        return msg
+        return redact(msg)
 
     async def aclose(self) -> None:
         closed: set[int] = set()
@@ -292,6 +304,19 @@ class HTTPUpstream:
             obs.upstream_error(name, _status_kind(resp.status),
                                resp.status in RETRY_STATUSES and attempt + 1 <= cfg.max_retries)
             _end(span, f"HTTP {resp.status}")
+            if resp.status in (401, 403):  # the member's key is refused: out of rotation, try another member
+                attempt += 1
+                member.rejected(pool.clock())
+                failed.append(member)
+                log.error("upstream %s member %s: HTTP %d, the upstream refused its credentials; out of rotation "
+                          "for %gs (check its api_key)", cfg.name, member.name, resp.status, cfg.cooldown_max)
+                other = pool.pick(session, failed) if attempt <= cfg.max_retries else None
+                if other is not None:
+                    member = other
+                    continue
+                raise UpstreamError(f"upstream {cfg.name} rejected the gateway's credentials (HTTP {resp.status}); "
+                                    "the gateway's operator must check its upstream API key",
+                                    upstream_status=resp.status)
             if resp.status in RETRY_STATUSES:
                 attempt += 1
                 last_delay = backoff(member.failures, retry_after)

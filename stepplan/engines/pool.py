@@ -9,7 +9,9 @@ Health, per process: a member that fails (429, 5xx, connect error, timeout) is c
 ``Retry-After`` when the upstream sent one, else exponential backoff — and taken out of rotation
 until then. After ``breaker_failures`` consecutive failures its breaker opens; when the cooldown
 has passed it is half-open and lets exactly one probe through: success closes it, failure opens
-it again with a longer cooldown. A 4xx other than 429 is the request's fault, never the member's.
+it again with a longer cooldown. A 401/403 means the upstream refused the member's key: its breaker
+opens at once for ``cooldown_max`` (:meth:`Member.rejected`). Any other 4xx is the request's fault,
+never the member's.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..settings import MemberConfig, UpstreamConfig
+from .proxy_url import proxy_where
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
 
 class Member:
-    __slots__ = ("breaker_failures", "cfg", "cooldown_max", "cooldown_until", "failures", "in_flight", "name",
-                 "probing", "sent", "state", "total_failures", "upstream")
+    __slots__ = ("breaker_failures", "cfg", "cooldown_max", "cooldown_until", "credentials_rejected", "failures",
+                 "in_flight", "name", "probing", "sent", "state", "total_failures", "upstream")
 
     def __init__(self, upstream: str, cfg: MemberConfig, breaker_failures: int, cooldown_max: float) -> None:
         self.upstream = upstream
@@ -41,6 +44,7 @@ class Member:
         self.cooldown_until = 0.0  # time.monotonic()
         self.state = CLOSED
         self.probing = False
+        self.credentials_rejected = False  # its last answer was 401/403 (a misconfiguration)
         self.sent: deque[float] = deque()  # send times within the last minute (for rpm)
 
     @property
@@ -77,6 +81,7 @@ class Member:
 
     def succeeded(self) -> None:
         self.failures = 0
+        self.credentials_rejected = False
         self.state = CLOSED
         self.probing = False
         self.cooldown_until = 0.0
@@ -90,6 +95,17 @@ class Member:
             self.state = OPEN
         self.cooldown_until = max(self.cooldown_until, now + min(delay, self.cooldown_max))
 
+    def rejected(self, now: float) -> None:
+        """The upstream refused this member's credentials (401/403): a misconfiguration, not load.
+        Its breaker opens at once and it stays out for ``cooldown_max``; then one probe at a time
+        tests it (a fixed key comes back by itself; a still-wrong one goes out again)."""
+        self.failures = max(self.failures + 1, self.breaker_failures)
+        self.total_failures += 1
+        self.probing = False
+        self.state = OPEN
+        self.credentials_rejected = True
+        self.cooldown_until = max(self.cooldown_until, now + self.cooldown_max)
+
     def view(self, now: float) -> dict[str, Any]:
         state = self.state
         if state == OPEN and now >= self.cooldown_until:
@@ -98,9 +114,9 @@ class Member:
         return {"name": self.name, "base_url": self.cfg.base_url, "weight": self.weight, "state": state,
                 "available": not cooling and not (state == HALF_OPEN and self.probing),
                 "in_flight": self.in_flight, "consecutive_failures": self.failures,
-                "failures": self.total_failures,
+                "failures": self.total_failures, "credentials_rejected": self.credentials_rejected,
                 "cooldown_until": (time.time() + self.cooldown_until - now) if cooling else None,
-                "max_concurrency": self.cfg.max_concurrency, "rpm": self.cfg.rpm}
+                "max_concurrency": self.cfg.max_concurrency, "rpm": self.cfg.rpm, "proxy": proxy_where(self.cfg.proxy)}
 
 
 class Affinity:

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..settings import Settings, UpstreamConfig
 from .base import Engine
+from .proxy_url import proxy_where
 
 EngineFactory = Callable[[UpstreamConfig], Engine]
 
@@ -59,7 +60,8 @@ class EngineRegistry:
                 members = [] if up.protocol == "local" else [
                     {"name": m.name, "base_url": m.base_url, "weight": m.weight, "state": "closed", "available": True,
                      "in_flight": 0, "consecutive_failures": 0, "failures": 0, "cooldown_until": None,
-                     "max_concurrency": m.max_concurrency, "rpm": m.rpm} for m in up.pool_members()]
+                     "max_concurrency": m.max_concurrency, "rpm": m.rpm, "credentials_rejected": False,
+                     "proxy": proxy_where(m.proxy)} for m in up.pool_members()]
                 view = {"name": name, "members": members}
             out.append({**view, "protocol": up.protocol, "used": name in self.engines})
         return out

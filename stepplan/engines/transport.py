@@ -7,10 +7,11 @@ against this interface only, so
 
 - tests drive engines and retries in-process with a scripted transport
   (``tests/engines/scripted.py``), no sockets;
-- another way out (a proxy-capable transport, HTTP/2, ...) is one more class here and one line in
+- another way out (HTTP/2, ...) is one more class and one line in
   :func:`stepplan.engines._http.make_transport`, with no change to any engine.
 
-The production transport is :class:`stepplan.engines._h1.ConnectionPool` (pooled HTTP/1.1).
+The production transports are :class:`stepplan.engines._h1.ConnectionPool` (pooled HTTP/1.1) and,
+for a member with an outbound proxy, its subclass :class:`stepplan.engines._proxy.ProxiedPool`.
 
 A transport sends a request at most once: it never resends on its own. Errors it raises are
 :class:`HTTPError` subclasses; :class:`StaleConnection` says nothing at all was received, so the
@@ -29,6 +30,12 @@ class HTTPError(Exception):
 
 class ConnectError(HTTPError):
     """The connection could not be opened (refused, unreachable, connect timeout)."""
+
+
+class ProxyError(ConnectError):
+    """The outbound proxy could not be reached or refused to carry the request (407, 403, a
+    CONNECT answered with anything but 200). The message names the proxy's host, never its
+    credentials."""
 
 
 class RemoteProtocolError(HTTPError):

@@ -315,3 +315,36 @@ def test_config_pool_members_load(tmp_path: Path) -> None:
 def test_config_errors_name_the_key(tmp_path: Path, text: str, env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_settings(write(tmp_path, text), env=env)
+
+
+async def test_a_401_takes_the_member_out_and_a_pool_of_one_fails_at_once(no_sleep: list[float]) -> None:
+    """401/403: the member's key is refused — breaker open for cooldown_max, the call moves on;
+    with nobody left it is a 502 without the upstream's text, and nobody waits for the cooldown."""
+    clock = Clock()
+    secret_echo = {"error": {"message": "Incorrect API key provided: key-a"}}
+    ta, tb = ScriptedTransport(json_answer(secret_echo, 401)), ScriptedTransport(json_answer(OK))
+    up = pooled(config(m("a", 100), m("b", 1), cooldown_max=45), {"a": ta, "b": tb}, clock)
+    up.pool.by_name["b"].in_flight = 1  # make a the first pick
+    assert await up.post_json("/x", {}) == OK
+    up.pool.by_name["b"].in_flight = 0
+    a = up.pool.by_name["a"]
+    assert a.state == OPEN and a.cooldown_until == clock() + 45 and a.credentials_rejected
+    assert up.pool.view()["members"][0]["credentials_rejected"] is True
+
+    single = pooled(config(m("only")), {"only": ScriptedTransport(json_answer(secret_echo, 403))}, clock)
+    with pytest.raises(UpstreamError) as err:
+        await single.post_json("/x", {})
+    assert err.value.status == 502 and err.value.upstream_status == 403
+    assert "rejected the gateway's credentials (HTTP 403)" in str(err.value)
+    assert "key-" not in str(err.value) and "Incorrect" not in str(err.value)
+    assert no_sleep == []  # failed at once, not after waiting out its own cooldown
+
+
+async def test_upstream_error_text_is_scrubbed_of_credentials() -> None:
+    clock = Clock()
+    t = ScriptedTransport(json_answer({"error": {"message": "bad model for sk-abcdef123456 / Bearer xyz.123456"}},
+                                      404))
+    up = pooled(config(m("a")), {"a": t}, clock)
+    with pytest.raises(Exception) as err:
+        await up.post_json("/x", {})
+    assert "sk-abcdef123456" not in str(err.value) and "xyz.123456" not in str(err.value)

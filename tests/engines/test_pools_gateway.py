@@ -171,3 +171,23 @@ def test_config_errors_fail_start_up(tmp_path: Path, fake: FakeUpstream) -> None
         out = gw.cli("accounts", "list", check=False)  # every command loads (and checks) the config
         text = out.stdout + out.stderr
         assert out.returncode != 0 and message in text, (case, text)
+
+
+PNG = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJ"
+       "RU5ErkJggg==")
+
+
+def test_a_fallback_lacking_a_modality_the_request_uses_is_skipped(gw: Gateway, fake: FakeUpstream,
+                                                                  members: tuple[FakeUpstream, ...]) -> None:
+    """step-3.7-flash (images) falls back to step-3.5-flash (text only): never for a request with an image."""
+    admin = Admin(gw)
+    name, key = admin.account()
+    for _ in range(2):
+        fake.queue_json({"error": {"message": "down"}}, status=500)
+    image = [{"role": "user", "content": [{"type": "text", "text": "what is this?"},
+                                          {"type": "image_url", "image_url": {"url": PNG}}]}]
+    r = httpx.post(f"{gw.openai_base}/chat/completions", headers={"authorization": f"Bearer {key}"}, timeout=30,
+                   json={"model": "step-3.7-flash", "messages": image})
+    assert r.status_code == 502, r.text
+    assert len(fake.requests) == 2 and sum(len(m.requests) for m in members) == 0  # the fallback was not tried
+    assert admin.consumed(name) == 0

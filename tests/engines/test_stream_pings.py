@@ -23,6 +23,27 @@ deadline = 1.5
 
 [models."step-3.5-flash"]
 upstream = "slow"
+
+[upstreams.pingpool]
+protocol = "openai"
+first_byte_timeout = 30
+max_retries = 2
+deadline = 10
+
+[[upstreams.pingpool.members]]
+name = "a"
+base_url = "{base}"
+api_key = "ka"
+weight = 1000
+
+[[upstreams.pingpool.members]]
+name = "b"
+base_url = "{base}"
+api_key = "kb"
+weight = 0.001
+
+[models."step-3.7-flash"]
+upstream = "pingpool"
 """
 
 
@@ -83,3 +104,41 @@ def test_anthropic_clients_get_ping_events(gw: Gateway, fake: FakeUpstream) -> N
     assert r.status_code == 200
     assert r.text.startswith('event: ping\ndata: {"type": "ping"}\n\n')
     assert "event: message_start" in r.text and "event: message_stop" in r.text
+
+
+@pytest.mark.parametrize("proto", ["chat", "messages"])
+def test_a_pinged_stream_says_what_served_it_in_the_stream_not_in_its_early_headers(
+        gw: Gateway, fake: FakeUpstream, proto: str) -> None:
+    """Member a answers 503 only after pings went out (the head with them); b then serves. The
+    head cannot know that: it carries no served-by, and an SSE comment at the first upstream
+    byte names b — which the protocols' own SDKs skip."""
+    _, key = Admin(gw).account()
+    fake.queue(Reply(status=503, json={"error": {"message": "busy"}}, first_delay=0.8))
+    fake.queue(Reply(sse=openai_text_stream("from b", pieces=1)))
+    if proto == "chat":
+        r = httpx.post(f"{gw.openai_base}/chat/completions", headers={"authorization": f"Bearer {key}"},
+                       timeout=30, json={"model": "step-3.7-flash", "messages": MSGS, "stream": True})
+    else:
+        r = httpx.post(f"{gw.anthropic_base}/v1/messages", timeout=30,
+                       headers={"x-api-key": key, "anthropic-version": "2023-06-01"},
+                       json={"model": "step-3.7-flash", "max_tokens": 100, "messages": MSGS, "stream": True})
+    assert r.status_code == 200
+    assert "x-stepplan-served-by" not in r.headers  # it left before a failed
+    assert [f.headers["Authorization"] for f in fake.requests] == ["Bearer ka", "Bearer kb"]
+    before, sep, after = r.text.partition(": x-stepplan-served-by: pingpool/b\n\n")
+    assert sep and "ping" in before and "from b" in after and "from b" not in before
+
+
+def test_sdks_skip_the_served_by_comment(gw: Gateway, fake: FakeUpstream) -> None:
+    import anthropic
+    import openai
+
+    _, key = Admin(gw).account()
+    fake.queue(Reply(sse=openai_text_stream("late answer", pieces=1), first_delay=0.6))
+    client = openai.OpenAI(base_url=gw.openai_base, api_key=key, timeout=30, max_retries=0)
+    chunks = list(client.chat.completions.create(model="step-3.7-flash", messages=MSGS, stream=True))  # type: ignore
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "late answer"
+    fake.queue(Reply(sse=openai_text_stream("late answer", pieces=1), first_delay=0.6))
+    aclient = anthropic.Anthropic(base_url=gw.anthropic_base, api_key=key, timeout=30, max_retries=0)
+    with aclient.messages.stream(model="step-3.7-flash", max_tokens=100, messages=MSGS) as stream:  # type: ignore
+        assert "".join(stream.text_stream) == "late answer"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -45,6 +46,8 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     hang: bool = False  # never answer (timeout tests)
     gate: threading.Event | None = None  # answer only once the test sets this (at most 60 s later)
+    reset: bool = False  # drop the connection (TCP reset) without answering
+    raw: bytes | None = None  # the body as is, instead of ``json`` (truncated or malformed documents)
 
 
 ReplyFn = Callable[[str, Any], Reply]
@@ -65,7 +68,8 @@ def free_port() -> int:
 
 
 class FakeUpstream:
-    def __init__(self) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.ssl_context = ssl_context  # serve https with it (tests/fakes/tls.py makes one)
         self.port = free_port()
         self.requests: list[Recorded] = []
         self.replies: deque[Reply] = deque()
@@ -82,7 +86,7 @@ class FakeUpstream:
     # ---------------------------------------------------------------- control
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        return f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{self.port}/v1"
 
     def queue_json(self, body: Any, status: int = 200, **kw: Any) -> None:
         self.replies.append(Reply(status=status, json=body, **kw))
@@ -129,7 +133,8 @@ class FakeUpstream:
         app.router.add_get("/v1/models", self._models)
         self._runner = web.AppRunner(app, shutdown_timeout=0.5, handler_cancellation=True)
         self._loop.run_until_complete(self._runner.setup())
-        self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
+        self._loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port,
+                                                          ssl_context=self.ssl_context).start())
         self._ready.set()
         self._loop.run_forever()
 
@@ -159,9 +164,16 @@ class FakeUpstream:
         except asyncio.CancelledError:  # the gateway dropped the call before any answer
             self.cancelled += 1
             raise
+        if reply.reset:
+            sock = request.transport.get_extra_info("socket") if request.transport else None
+            if sock is not None:  # SO_LINGER 0: close() sends a RST, not a FIN
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            request.transport.abort()  # type: ignore[union-attr]
+            raise asyncio.CancelledError
         if reply.sse is None:
-            return web.Response(status=reply.status, body=orjson.dumps(reply.json),
-                                content_type="application/json", headers=reply.headers)
+            body = reply.raw if reply.raw is not None else orjson.dumps(reply.json)
+            return web.Response(status=reply.status, body=body, content_type="application/json",
+                                headers=reply.headers)
         resp = web.StreamResponse(status=reply.status, headers={"content-type": "text/event-stream", **reply.headers})
         await resp.prepare(request)
         try:
