@@ -8,7 +8,7 @@ import secrets
 from starlette.responses import Response
 
 from ..api.usage import billing_config
-from ..billing.usage import account_usage, usage_records
+from ..billing.usage import account_usage
 from ..store import accounts as acc
 from . import charts, queries
 from . import security as sec
@@ -106,6 +106,13 @@ async def overview(ctx: Ctx) -> Response:
                   lim=lim, buckets=buckets, windows=windows)
 
 
+def day_cache(ctx: Ctx) -> queries.DayCache:
+    cache = getattr(ctx.state, "console_days", None)
+    if cache is None:
+        cache = ctx.state.console_days = queries.DayCache()
+    return cache
+
+
 def usage_range(ctx: Ctx) -> tuple[int, int, int | None]:
     """(since, until, days) of the Usage page: ``days`` (7/30/90, default 30) or ``from``/``to`` dates."""
     since, until = date_param(ctx.q("from"), "from"), date_param(ctx.q("to"), "to", end=True)
@@ -127,33 +134,39 @@ async def usage(ctx: Ctx) -> Response:
     aid = _account_id(ctx)
     since, until, days = usage_range(ctx)
     async with ctx.state.sessions() as s:
-        rows = await queries.daily(s, aid, since, until)
-        totals = await usage_records(s, aid, since, until, None)
-        split = await queries.served_split(s, aid, ROUTER_MODEL, since, until)
+        rows = await day_cache(ctx).rows(s, aid, since, until, ctx.now)
     day_ids = list(range(since // 86400, (until - 1) // 86400 + 1))
     index = {d: i for i, d in enumerate(day_ids)}
     labels = [day_label(d) for d in day_ids]
-    models = sorted({r[1] for r in rows})
+    models = sorted({r.served for r in rows})
     credit = {m: [0.0] * len(day_ids) for m in models}
     kinds = ("input", "cache_read", "cache_write", "output")
     tokens = {k: [0.0] * len(day_ids) for k in kinds}
-    for day, model, _calls, charged, inp, cr, cw, out in rows:
-        i = index.get(int(day))
-        if i is None:
-            continue
-        credit[model][i] += int(charged or 0) / 1_000_000
-        for k, v in zip(kinds, (inp, cr, cw, out), strict=True):
-            tokens[k][i] += int(v or 0)
+    per_model: dict[tuple[str, str], dict[str, int]] = {}
+    split: dict[str, int] = {}
+    for r in rows:
+        i = index.get(r.day)
+        if i is not None:
+            credit[r.served][i] += r.charged / 1_000_000
+            for k in kinds:
+                tokens[k][i] += getattr(r, k)
+        tot = per_model.setdefault((r.requested, r.served), dict.fromkeys(
+            ("calls", "charged", "uncollected", "input", "cache_read", "cache_write", "output", "reasoning"), 0))
+        for k in tot:
+            tot[k] += getattr(r, k)
+        if r.requested == ROUTER_MODEL:
+            split[r.served] = split.get(r.served, 0) + r.calls
     t = ctx.t
     credit_chart = charts.stacked_bars(labels, [(m, credit[m]) for m in models], unit="Credit",
                                        title=t["credit_per_day"], fmt="{:,.2f}")
     token_chart = charts.stacked_bars(labels, [(t[k], tokens[k]) for k in kinds], unit="tokens",
                                       title=t["tokens_per_day"])
-    split_total = sum(n for _, n in split)
+    totals = [{"model": req, "served": served, **v} for (req, served), v in sorted(per_model.items())]
     return render(ctx, "usage.html", days=days, ranges=RANGES, since=since, until=until, has_data=bool(rows),
                   credit_chart=credit_chart, credit_legend=charts.legend(models), token_chart=token_chart,
-                  token_legend=charts.legend([t[k] for k in kinds]), totals=totals, split=split,
-                  split_total=split_total, q_from=ctx.q("from"), q_to=ctx.q("to"))
+                  token_legend=charts.legend([t[k] for k in kinds]), totals=totals,
+                  total_charged=sum(v["charged"] for v in totals), split=sorted(split.items()),
+                  split_total=sum(split.values()), q_from=ctx.q("from"), q_to=ctx.q("to"))
 
 
 def call_filter(ctx: Ctx, account_id: int | None) -> queries.CallFilter:

@@ -181,6 +181,10 @@ class UsageEntry(Base):
         Index("ix_usage_entries_account_time", "account_id", "created_at"),
         Index("ix_usage_entries_key_time", "key_id", "created_at"),
         Index("ix_usage_entries_account_id", "account_id", "id"),
+        # Covers the console's Usage page (one index-only pass over an account's range).
+        Index("ix_usage_entries_account_usage", "account_id", "created_at", "requested_model", "served_model",
+              "charged", "uncollected", "input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
+              "reasoning_tokens"),
     )
 
 
