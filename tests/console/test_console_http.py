@@ -5,11 +5,14 @@ actions through the billing functions, and bad input as error pages (never a 500
 from __future__ import annotations
 
 import re
+import time
 
 import httpx
+import pytest
 
-from tests.conftest import Gateway
+from tests.conftest import Gateway, make_gateway
 from tests.console.conftest import ADMIN, Console, chat, fresh_ip, usage, wait_calls
+from tests.fakes.upstream import FakeUpstream
 
 
 def data_values(page: str, chart_id: str) -> list[tuple[str, str, float]]:
@@ -239,3 +242,29 @@ def test_language_switch_and_secure_cookie_behind_https_proxy(cgw: Gateway) -> N
     assert "使用 API Key 登录" in c.get("/console/signin", headers={"accept-language": "en"}).text  # remembered
     r = c.get("/console/signin", headers={"x-forwarded-proto": "https"})
     assert "secure" in r.headers["set-cookie"].lower()
+
+
+def test_sessions_expire(tmp_path_factory: pytest.TempPathFactory, fake: FakeUpstream) -> None:
+    """A session ends ``session_hours`` after sign-in, on the server (not only the cookie's max-age)."""
+    gw = make_gateway(tmp_path_factory.mktemp("console-expiry"), fake,
+                      extra="[console]\nsession_hours = 0.0006\n")  # 2 s
+    gw.start()
+    try:
+        key = gw.new_key("c-expiry")
+        c = Console(gw)
+        r = c.signin(key)
+        assert r.status_code == 303
+        cookie = c.http.cookies.get("stepplan_console")
+        assert "max-age=2" in r.headers["set-cookie"].lower()
+        ok = httpx.get(f"{gw.url}/console/overview", cookies={"stepplan_console": cookie})
+        assert ok.status_code == 200
+        deadline = time.monotonic() + 20
+        while True:  # the same cookie, sent by hand, until the server refuses it
+            r = httpx.get(f"{gw.url}/console/overview", cookies={"stepplan_console": cookie})
+            if r.status_code == 303:
+                assert r.headers["location"] == "/console/signin"
+                break
+            assert time.monotonic() < deadline, "the session did not expire"
+            time.sleep(0.2)
+    finally:
+        gw.stop()
