@@ -13,7 +13,7 @@ from ..store import accounts as acc
 from . import charts, queries
 from . import security as sec
 from .snippets import snippets
-from .web import ConsoleError, Ctx, base_url, date_param, day_label, int_param, limiter, page, redirect, render
+from .web import ConsoleError, Ctx, base_url, date_param, day_label, int_param, limiter, log, page, redirect, render
 
 ROUTER_MODEL = "step-router-v1"
 RANGES = (7, 30, 90)
@@ -57,6 +57,7 @@ async def signin(ctx: Ctx) -> Response:
             info = await acc.lookup_key(s, acc.hash_key(key))
     if info is None:
         limiter(ctx.request).failed(ip, ctx.now)
+        log.info("console: failed %s sign-in from %s", "key holder", ip)
         raise ConsoleError("that API key is not valid or has been revoked", 401)
     limiter(ctx.request).succeeded(ip)
     async with ctx.state.sessions() as s:

@@ -21,7 +21,7 @@ from ..store import accounts as acc
 from . import charts, queries
 from . import security as sec
 from .holder import ROUTER_MODEL, call_filter, signin_form, start_session, throttle
-from .web import ConsoleError, Ctx, admin_fp, int_param, limiter, page, redirect, render
+from .web import ConsoleError, Ctx, admin_fp, int_param, limiter, log, page, redirect, render
 
 LEDGER_PAGE = 100
 
@@ -37,6 +37,7 @@ async def signin(ctx: Ctx) -> Response:
     given = ctx.form.get("admin_token", "")
     if not given or not hmac.compare_digest(given.encode(), token.encode()):
         limiter(ctx.request).failed(ip, ctx.now)
+        log.info("console: failed %s sign-in from %s", "operator", ip)
         raise ConsoleError("that admin token is not valid", 401)
     limiter(ctx.request).succeeded(ip)
     async with ctx.state.sessions() as s:

@@ -70,6 +70,11 @@ def test_signin_attempts_are_limited_per_address(cgw: Gateway) -> None:
     r = c.signin(key)  # even the right key waits now
     assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
     assert Console(cgw).signin(key).status_code == 303  # another address is not affected
+    deadline = time.monotonic() + 10
+    while f"failed key holder sign-in from {ip}" not in cgw.log_text():  # the address, never the key
+        assert time.monotonic() < deadline, cgw.log_text()[-2000:]
+        time.sleep(0.1)
+    assert "sk-step-wrong" not in cgw.log_text() and key not in cgw.log_text()
 
 
 def test_session_signs_out_and_ends_with_its_key(cgw: Gateway) -> None:
