@@ -69,7 +69,8 @@ def env() -> Any:
         import jinja2
 
         e = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATES)), autoescape=True,
-                               undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+                               undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                               auto_reload=False)  # templates ship in the package: no stat per render
         e.filters["ts"] = fmt_time
         e.filters["credits"] = fmt_credits
         e.filters["num"] = lambda v: f"{int(v or 0):,}"
