@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 EXTRAS=test bash scripts/install.sh
 bash scripts/services.sh
+bash scripts/browser.sh  # Debian's Chromium for the console's browser tests (tests/console)
 bash scripts/agents.sh   # the pinned agent CLIs (docs/agents.md), Codex included, cached between runs
 .venv/bin/ruff check stepplan tests bench
 .venv/bin/mypy  # the type checker over stepplan/ ([tool.mypy] in pyproject.toml)

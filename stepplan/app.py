@@ -219,7 +219,7 @@ async def not_found(request: HTTPRequest, exc: Exception) -> Response:
     return error_response(NotFound(f"no route for {request.method} {request.url.path}"), trace, anthropic)
 
 
-def routes() -> list[Route]:
+def routes(settings: Settings | None = None) -> list[Route]:
     from .api import admin as admin_api
     from .api import anthropic as anthropic_api
     from .api import usage as usage_api
@@ -239,6 +239,10 @@ def routes() -> list[Route]:
     r += [Route(p, guarded(h, MODEL_ROUTES.get(p)), methods=m) for p, h, m in responses_api.ROUTES]
     r += [Route(p, guarded(h), methods=m) for p, h, m in usage_api.ROUTES]
     r += [Route(p, guarded(h), methods=m) for p, h, m in admin_api.ROUTES]
+    if settings is None or settings.console.enabled:
+        from .console import routes as console_routes  # its own error pages (HTML): not `guarded`
+
+        r += [Route(p, h, methods=m) for p, h, m in console_routes.ROUTES]
     return r
 
 
@@ -316,7 +320,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> ASG
             await gateway.aclose()
             await engine.dispose()
 
-    app = Starlette(routes=routes(), lifespan=lifespan,
+    app = Starlette(routes=routes(settings), lifespan=lifespan,
                     exception_handlers={404: not_found, 405: not_found})
     outer = TraceAndLimit(HotPath(app), max_concurrency=settings.max_concurrency)
     return outer

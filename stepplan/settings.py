@@ -323,6 +323,29 @@ class ResponsesConfig:
 
 
 @dataclass(slots=True)
+class ConsoleConfig:
+    """``[console]``: the web console at ``/console`` (docs/console.md)."""
+
+    enabled: bool = True
+    self_service_keys: bool = False  # key holders may create and revoke their account's keys
+    session_hours: float = 12.0  # a signed-in session ends this long after sign-in
+    signin_attempts: int = 10  # failed sign-ins allowed per client IP within signin_window_seconds
+    signin_window_seconds: int = 300
+    trust_proxy: bool = False  # believe X-Forwarded-For / X-Forwarded-Proto (behind your own proxy only)
+    base_url: str = ""  # the gateway's public URL for the set-up page; default: the URL the browser used
+
+    def check(self) -> None:
+        if not self.session_hours > 0:
+            raise ConfigError("session_hours", "must be a number of hours > 0")
+        if self.signin_attempts < 1:
+            raise ConfigError("signin_attempts", "must be 1 or more")
+        if self.signin_window_seconds < 1:
+            raise ConfigError("signin_window_seconds", "must be 1 or more")
+        if self.base_url and not self.base_url.startswith(("http://", "https://")):
+            raise ConfigError("base_url", f"must start with http:// or https://, not {self.base_url!r}")
+
+
+@dataclass(slots=True)
 class ConfigFile:
     """The config file's schema: one field per top-level ``[section]``."""
 
@@ -336,6 +359,7 @@ class ConfigFile:
     # [billing]: its schema is stepplan.billing.plans.BillingConfig, checked by load_settings.
     billing: dict[str, Any] = field(default_factory=dict)
     responses: ResponsesConfig = field(default_factory=ResponsesConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
 
 
 @dataclass(slots=True)
@@ -359,6 +383,7 @@ class Settings:
     config_path: str | None = None
     server: ServerConfig = field(default_factory=ServerConfig)
     responses: ResponsesConfig = field(default_factory=ResponsesConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
     clock_offset: int = 0  # seconds added to the billing clock's wall time (STEPPLAN_CLOCK_OFFSET)
     # observability (docs/operating.md)
     metrics: bool = True  # [server] metrics: record Prometheus metrics and serve /metrics
@@ -577,6 +602,7 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: dict[str, str
                 raise ConfigError(f"router.{key}", f"{engine!r} is not a model of the catalog")
         s.billing = file.billing
         s.responses = file.responses
+        s.console = file.console
         s.admin_token = env.get("STEPPLAN_ADMIN_TOKEN") or server.admin_token
         s.secret = env.get("STEPPLAN_SECRET") or server.secret
         s.max_body_bytes = server.max_body_bytes

@@ -179,6 +179,12 @@ class UsageEntry(Base):
         CheckConstraint("charged >= 0 AND uncollected >= 0 AND charged + uncollected = cost",
                         name="ck_usage_entries_amounts"),
         Index("ix_usage_entries_account_time", "account_id", "created_at"),
+        Index("ix_usage_entries_key_time", "key_id", "created_at"),
+        Index("ix_usage_entries_account_id", "account_id", "id"),
+        # Covers the console's Usage page (one index-only pass over an account's range).
+        Index("ix_usage_entries_account_usage", "account_id", "created_at", "requested_model", "served_model",
+              "charged", "uncollected", "input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens",
+              "reasoning_tokens"),
     )
 
 
@@ -236,3 +242,18 @@ class StoredResponse(Base):
     response: Mapped[str] = mapped_column(Text)  # JSON: the response object, reasoning sealed
     created_at: Mapped[int] = mapped_column(BigInteger)
     expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
+class ConsoleSession(Base):
+    """A signed-in web console session (``/console``): the cookie carries a random token, the row
+    its SHA-256, so sign-out and expiry hold in every worker and a database copy opens no session."""
+
+    __tablename__ = "console_sessions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 hex of the cookie's token
+    kind: Mapped[str] = mapped_column(String(16))  # holder | operator
+    account_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # the key a holder signed in with
+    admin_fp: Mapped[str | None] = mapped_column(String(64), nullable=True)  # which admin token (a digest)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

@@ -1,0 +1,183 @@
+"""Console security: signed session cookies backed by the ``console_sessions`` table, CSRF
+tokens, response headers, and the sign-in rate limit.
+
+* The session cookie is ``token.signature``: a random 256-bit token and its HMAC under a key
+  derived from the gateway's signing secret. The table holds the token's SHA-256 only; a
+  session ends when it expires (``[console] session_hours``) or is signed out (``revoked_at``),
+  in every worker at once. A key holder's session also ends when the key it used is revoked;
+  an operator's when the admin token changes.
+* CSRF: every state-changing form carries a token. Signed in, it is an HMAC of the session
+  token (bound to the session); on the sign-in forms it is a double-submit cookie.
+* Cookies are HttpOnly, SameSite=Strict, Path=/console, and Secure when the request came over
+  HTTPS (or a trusted proxy says it did, ``[console] trust_proxy``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections import deque
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.requests import Request as HTTPRequest
+from starlette.responses import Response
+
+from ..store.models import ApiKey, ConsoleSession
+
+SESSION_COOKIE = "stepplan_console"
+PRE_COOKIE = "stepplan_console_csrf"  # double-submit token of the sign-in forms
+COOKIE_PATH = "/console"
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "frame-ancestors 'none'; form-action 'self'; base-uri 'none'; object-src 'none'")
+HEADERS = {
+    "content-security-policy": CSP,
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
+}
+
+
+def console_key(secret: bytes) -> bytes:
+    """The console's own HMAC key, derived from the gateway's signing secret."""
+    return hmac.new(secret, b"stepplan-console-v1", hashlib.sha256).digest()
+
+
+def digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def sign(key: bytes, token: str) -> str:
+    return f"{token}.{hmac.new(key, token.encode(), hashlib.sha256).hexdigest()[:32]}"
+
+
+def unsign(key: bytes, value: str | None) -> str | None:
+    """The token of a well-signed cookie value, else None."""
+    if not value or "." not in value:
+        return None
+    token, _, mac = value.rpartition(".")
+    good = hmac.new(key, token.encode(), hashlib.sha256).hexdigest()[:32]
+    return token if hmac.compare_digest(mac.encode(), good.encode()) else None
+
+
+def csrf_for(key: bytes, token: str) -> str:
+    return hmac.new(key, b"csrf:" + token.encode(), hashlib.sha256).hexdigest()
+
+
+def same(a: str | None, b: str | None) -> bool:
+    return bool(a) and bool(b) and hmac.compare_digest(str(a).encode(), str(b).encode())
+
+
+def is_https(request: HTTPRequest, trust_proxy: bool) -> bool:
+    if request.url.scheme == "https":
+        return True
+    return trust_proxy and request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower() == "https"
+
+
+def client_ip(request: HTTPRequest, trust_proxy: bool) -> str:
+    if trust_proxy:
+        fwd = request.headers.get("x-forwarded-for", "")
+        if fwd.strip():
+            return fwd.split(",")[0].strip()
+    return request.client.host if request.client else "unknown"
+
+
+def set_cookie(response: Response, name: str, value: str, *, secure: bool, max_age: int | None) -> None:
+    response.set_cookie(name, value, max_age=max_age, path=COOKIE_PATH, secure=secure, httponly=True,
+                        samesite="strict")
+
+
+def clear_cookie(response: Response, name: str, *, secure: bool) -> None:
+    response.delete_cookie(name, path=COOKIE_PATH, secure=secure, httponly=True, samesite="strict")
+
+
+def admin_fingerprint(key: bytes, admin_token: str) -> str:
+    return hmac.new(key, b"admin:" + admin_token.encode(), hashlib.sha256).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------- sessions
+@dataclass(frozen=True, slots=True)
+class Session:
+    token: str
+    kind: str  # holder | operator
+    account_id: int | None
+    key_id: int | None
+    expires_at: int
+
+
+async def open_session(s: AsyncSession, kind: str, now: int, ttl: int, *, account_id: int | None = None,
+                       key_id: int | None = None, admin_fp: str | None = None) -> Session:
+    """A new session row (expired rows are swept on the way); the caller commits."""
+    await s.execute(delete(ConsoleSession).where(ConsoleSession.expires_at < now - 86400))
+    token = secrets.token_urlsafe(32)
+    s.add(ConsoleSession(id=digest(token), kind=kind, account_id=account_id, key_id=key_id, admin_fp=admin_fp,
+                         created_at=now, expires_at=now + ttl))
+    return Session(token, kind, account_id, key_id, now + ttl)
+
+
+async def load_session(s: AsyncSession, token: str, now: int, admin_fp: str | None) -> Session | None:
+    """The live session of ``token``: not expired, not signed out; a holder's key not revoked;
+    an operator's admin token unchanged (``admin_fp`` is the current one, None when unset)."""
+    row = (await s.execute(select(ConsoleSession).where(ConsoleSession.id == digest(token)))).scalar_one_or_none()
+    if row is None or row.revoked_at is not None or row.expires_at <= now:
+        return None
+    if row.kind == "operator":
+        if admin_fp is None or not same(row.admin_fp, admin_fp):
+            return None
+    elif row.kind == "holder":
+        q = select(ApiKey.id).where(ApiKey.id == row.key_id, ApiKey.account_id == row.account_id,
+                                    ApiKey.revoked_at.is_(None))
+        if (await s.execute(q)).first() is None:
+            return None
+    else:
+        return None
+    return Session(token, row.kind, row.account_id, row.key_id, row.expires_at)
+
+
+async def close_session(s: AsyncSession, token: str, now: int) -> None:
+    await s.execute(update(ConsoleSession).where(ConsoleSession.id == digest(token))
+                    .values(revoked_at=now))
+
+
+# ------------------------------------------------------------------------------------------- rate limit
+class SignInLimiter:
+    """Failed sign-ins per client IP within a sliding window (the billing clock's seconds);
+    once ``attempts`` failed, further sign-ins from that IP are refused until the oldest ages
+    out. Per process: with N workers an IP gets at most N × attempts tries per window."""
+
+    def __init__(self, attempts: int, window: int, max_ips: int = 100_000):
+        self.attempts = attempts
+        self.window = window
+        self.max_ips = max_ips
+        self._fails: dict[str, deque[int]] = {}
+
+    def _recent(self, ip: str, now: int) -> deque[int] | None:
+        q = self._fails.get(ip)
+        if q is not None:
+            while q and q[0] <= now - self.window:
+                q.popleft()
+            if not q:
+                del self._fails[ip]
+                return None
+        return q
+
+    def retry_after(self, ip: str, now: int) -> int:
+        """Seconds until ``ip`` may try again (0: now)."""
+        q = self._recent(ip, now)
+        if q is None or len(q) < self.attempts:
+            return 0
+        return max(1, q[0] + self.window - now)
+
+    def failed(self, ip: str, now: int) -> None:
+        if len(self._fails) >= self.max_ips and ip not in self._fails:
+            self._fails.clear()  # bounded memory under an address-spraying attack
+        self._fails.setdefault(ip, deque()).append(now)
+
+    def succeeded(self, ip: str) -> None:
+        self._fails.pop(ip, None)
+
+
