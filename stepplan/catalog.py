@@ -92,9 +92,18 @@ _SPEC_FIELDS = {
 }
 
 
+def _walk_fallbacks(models: dict[str, ModelSpec], m: ModelSpec, seen: set[str], out: list[ModelSpec]) -> None:
+    for name in m.fallbacks:
+        if name not in seen:
+            seen.add(name)
+            out.append(models[name])
+            _walk_fallbacks(models, models[name], seen, out)
+
+
 @dataclass(slots=True)
 class Catalog:
     models: dict[str, ModelSpec] = field(default_factory=dict)
+    _chains: dict[str, tuple[ModelSpec, ...]] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def build(cls, overrides: dict[str, dict[str, Any]] | None = None) -> Catalog:
@@ -123,20 +132,17 @@ class Catalog:
             models[name] = replace(base, **values)
         return cls(models)
 
-    def fallback_chain(self, spec: ModelSpec) -> list[ModelSpec]:
-        """``spec``'s fallbacks in order, each followed by its own (depth first, each model once)."""
-        out: list[ModelSpec] = []
-        seen = {spec.id}
-
-        def walk(m: ModelSpec) -> None:
-            for name in m.fallbacks:
-                if name not in seen:
-                    seen.add(name)
-                    out.append(self.models[name])
-                    walk(self.models[name])
-
-        walk(spec)
-        return out
+    def fallback_chain(self, spec: ModelSpec) -> tuple[ModelSpec, ...]:
+        """``spec``'s fallbacks in order, each followed by its own (depth first, each model once).
+        Computed once per model: the chain is configuration, asked for on every call."""
+        if not spec.fallbacks:
+            return ()
+        chain = self._chains.get(spec.id)
+        if chain is None:
+            out: list[ModelSpec] = []
+            _walk_fallbacks(self.models, spec, {spec.id}, out)
+            chain = self._chains[spec.id] = tuple(out)
+        return chain
 
     def check_fallbacks(self) -> None:
         """ValueError naming the model for a fallback to an unknown model, to a router, or a cycle."""

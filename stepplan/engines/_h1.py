@@ -271,8 +271,8 @@ class Response:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        if ok and conn.reusable:
-            conn._pool._give_back(conn)
+        if conn.reusable:  # read to the end, or closed early after the parser saw the end (OpenAI's
+            conn._pool._give_back(conn)  # [DONE], then the body's last chunk): the connection is clean
         else:
             conn.close()
             conn._pool._forget(conn)

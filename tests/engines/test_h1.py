@@ -217,6 +217,36 @@ async def test_leaving_a_stream_early_closes_its_connection() -> None:
         assert pool._count == 0 and not pool._idle
 
 
+async def test_leaving_a_stream_whose_body_has_fully_arrived_keeps_its_connection() -> None:
+    """A client that stops at OpenAI's ``[DONE]`` after the body's last chunk was parsed leaves a
+    clean connection: it goes back to the pool instead of costing a new TCP connection per stream."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: dict) -> None:
+        while True:
+            try:
+                await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
+            await writer.drain()
+
+    async with server(handler) as (port, state):
+        pool = ConnectionPool(f"http://127.0.0.1:{port}")
+        for _ in range(3):
+            resp = await pool.request("POST", "/", b"", b"", idle_timeout=5)
+            chunks = resp.chunks()
+            assert await chunks.__anext__() == b"data: [DONE]\n\n"
+            deadline = asyncio.get_running_loop().time() + 5
+            while not resp._conn.reusable:  # type: ignore[union-attr]  # the last chunk is parsed
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.005)
+            await chunks.aclose()  # stopped at [DONE], before the generator saw the end
+            assert len(pool._idle) == 1
+        assert state["connections"] == 1
+        await pool.aclose()
+
+
 async def test_max_connections_makes_callers_wait_for_a_free_connection() -> None:
     async with server(keep_alive_json) as (port, state):
         pool = ConnectionPool(f"http://127.0.0.1:{port}", max_connections=1)
