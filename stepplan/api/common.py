@@ -90,14 +90,14 @@ def too_deep(v: Any, limit: int) -> str | None:
 
 
 async def authenticate(request: HTTPRequest) -> KeyInfo:
-    from ..auth import client_address, key_from_headers
+    from ..auth import key_from_headers
 
     h = request.headers
     auth = request.app.state.gateway.auth
 
     def client() -> str | None:  # only asked for keys with an IP allowlist
         peer = request.scope.get("client")
-        return client_address(peer[0] if peer else None, h.get("x-forwarded-for"), auth.trusted)
+        return auth.client_address(peer[0] if peer else None, h.get("x-forwarded-for"))
 
     return await auth.authenticate(key_from_headers(h.get("authorization"), h.get("x-api-key")), client)
 
