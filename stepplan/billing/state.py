@@ -144,6 +144,19 @@ class AccountState:
                 holds = Holds()
                 holds.credit.append((p, amount))
                 return holds
+        if len(self.credit) == 1 and not self.windows and key_windows:  # one pool and the key's own limits
+            p = self.credit[0]
+            if p.expires_at > now and p.leased - p.held >= amount and all(
+                    w.expires_at > now and w.leased - w.held >= amount for w in key_windows):
+                p.held += amount
+                p.last_active = mono
+                holds = Holds()
+                holds.credit.append((p, amount))
+                for w in key_windows:
+                    w.held += amount
+                    w.last_active = mono
+                    holds.windows.append((w, amount))
+                return holds
         live = [p for p in self.credit if p.live(now)]
         if sum(p.free for p in live if p.free > 0) < amount:
             return None
@@ -187,6 +200,26 @@ class AccountState:
                 p.last_active = mono
                 holds.credit.clear()
                 return Settlement(cost, cost, [(p.id, cost)] if cost else [], [])
+        if len(holds.credit) == 1 and holds.windows and not self.dead:
+            p, x = holds.credit[0]
+            if (self.credit and self.credit[0] is p and cost <= p.leased - p.held + x
+                    and all(cost <= w.leased - w.held + wx for w, wx in holds.windows)):
+                # one pool and window limits (the plan's or the key's), all covering the cost
+                p.held -= x
+                p.leased -= cost
+                p.used += cost
+                p.last_active = mono
+                charged: list[tuple[int, int]] = []
+                for w, wx in holds.windows:
+                    w.held -= wx
+                    w.leased -= cost
+                    w.used += cost
+                    w.last_active = mono
+                    if cost:
+                        charged.append((w.id, cost))
+                holds.credit.clear()
+                holds.windows.clear()
+                return Settlement(cost, cost, [(p.id, cost)] if cost else [], charged)
         held_pots = [p for p, _ in holds.credit]
         windows = [w for w, _ in holds.windows]
         self.release(holds)

@@ -88,3 +88,14 @@ def test_client_address_walks_x_forwarded_for_right_to_left() -> None:
 def test_limit_periods_are_calendar_days_and_months(at: str, kind: str, start: str, end: str) -> None:
     _, s, e = period(kind, parse_instant(at))
     assert (s, e) == (parse_instant(start), parse_instant(end))
+
+
+def test_trusted_proxies_are_checked_at_start_up(tmp_path) -> None:
+    from stepplan.settings import ConfigError, load_settings
+
+    cfg = tmp_path / "stepplan.toml"
+    cfg.write_text('[server]\ntrusted_proxies = ["10.0.0.0/8", "::1"]\n')
+    assert load_settings(cfg, env={}).server.trusted_proxies == ["10.0.0.0/8", "::1"]
+    cfg.write_text('[server]\ntrusted_proxies = ["10.0.0.0/8", "proxy.local"]\n')
+    with pytest.raises(ConfigError, match=r"trusted_proxies\[1\].*'proxy.local' is not an IP"):
+        load_settings(cfg, env={})
