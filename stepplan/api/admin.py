@@ -44,7 +44,7 @@ from ..store import accounts as acc
 from ..store import keys as key_store
 from ..store import ledger
 from ..store.admin_tokens import any_tokens, lookup_token
-from ..store.audit_log import list_audit, record
+from ..store.audit_log import list_audit, record, subscription_state
 from .common import read_json
 from .responses import JSONResponse
 from .usage import billing_clock, billing_config, parse_time
@@ -312,14 +312,17 @@ async def subscription(request: HTTPRequest) -> Response:
                 if auto is not None and not isinstance(auto, bool):
                     raise InvalidRequest("'auto_renew' must be true or false", param="auto_renew")
                 assert plan is not None
+                before = await subscription_state(s, a.id)
                 result = await subscriptions.subscribe(s, cfg, a.id, plan, period, now, auto)
-                await record(s, actor, "subscription.set", f"account:{a.name}", None, result.as_dict(), now)
+                await record(s, actor, "subscription.set", f"account:{a.name}", before,
+                             await subscription_state(s, a.id), now)
                 await s.commit()
                 return JSONResponse(result.as_dict())
             if request.method == "DELETE":
+                before = await subscription_state(s, a.id)
                 sub = await subscriptions.cancel(s, cfg, a.id, now)
-                await record(s, actor, "subscription.cancel", f"account:{a.name}", {"auto_renew": True},
-                             {"subscription_id": sub.id, "auto_renew": False}, now)
+                await record(s, actor, "subscription.cancel", f"account:{a.name}", before,
+                             await subscription_state(s, a.id), now)
                 await s.commit()
                 return JSONResponse({"subscription_id": sub.id, "auto_renew": False, "expired_at": sub.term_end})
         except subscriptions.BillingError as exc:

@@ -100,11 +100,14 @@ def subscribe(ctx: click.Context, account: str, plan_id: str, period: str | None
     cfg, now = _cfg(ctx), _now(ctx)
 
     async def go(s: Any) -> Any:
-        from ..store.audit_log import record
+        from ..store.audit_log import record, subscription_state
         from .actor import cli_actor
 
-        result = await do_subscribe(s, cfg, await _account_id(s, account), plan_id, period, now, auto_renew)
-        await record(s, cli_actor(), "subscription.set", f"account:{account}", None, result.as_dict(), now)
+        account_id = await _account_id(s, account)
+        before = await subscription_state(s, account_id)
+        result = await do_subscribe(s, cfg, account_id, plan_id, period, now, auto_renew)
+        await record(s, cli_actor(), "subscription.set", f"account:{account}", before,
+                     await subscription_state(s, account_id), now)
         return result
 
     try:

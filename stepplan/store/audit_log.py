@@ -15,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import AuditRecord
+from .subscriptions import current_subscription
 
 _SECRET_FIELDS = frozenset({"key", "token", "hash", "secret", "api_key", "password"})
 
@@ -47,3 +48,12 @@ async def list_audit(s: AsyncSession, since: int | None = None, limit: int = 100
         q = q.where(AuditRecord.at >= since)
     rows = list((await s.execute(q.order_by(AuditRecord.id.desc()).limit(limit))).scalars())
     return [audit_view(r) for r in reversed(rows)]
+
+
+async def subscription_state(s: AsyncSession, account_id: int) -> dict[str, Any] | None:
+    """The account's active subscription as an audit record's ``before``/``after``."""
+    sub = await current_subscription(s, account_id)
+    if sub is None:
+        return None
+    return {"subscription_id": sub.id, "plan": sub.plan, "period": sub.period, "term_end": sub.term_end,
+            "auto_renew": sub.auto_renew, "pending_plan": sub.pending_plan}

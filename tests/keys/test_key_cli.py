@@ -180,6 +180,7 @@ def test_every_change_is_audited(tmp_path: Path, fake: FakeUpstream) -> None:
                     ("admin:env", "topup.create", "account:team-b"), ("admin:env", "key.update", f"key:{kid}"),
                     ("admin:env", "key.rotate", f"key:{kid}"), ("admin:env", "key.revoke", f"key:{kid}")]
         assert seen == expected
+        assert rows[1]["before"] is None and rows[1]["after"]["plan"] == "flash-max"
         update = rows[4]
         assert update["before"]["credit_limit_daily"] is None and update["after"]["credit_limit_daily"] == "20"
         everything = json.dumps(rows)
