@@ -175,3 +175,20 @@ def test_last_use_is_recorded_without_a_write_per_call(kgw: Gateway, kadmin: Adm
     from tests import clock as test_clock
 
     assert seen is not None and abs(seen - test_clock.now()) < 60 + (int(time.time()) - t0)
+
+
+def test_a_rotated_key_keeps_its_periods_spending(kgw: Gateway, kadmin: Admin, keys: Keys) -> None:
+    """The new key's Credit limit counts what the key it replaced spent in the period: rotating is no
+    way around a limit."""
+    key_id, key, account = keys.make(credit_limit_daily="100")
+    for _ in range(12):
+        r = call(kgw, key)
+        if r.status_code != 200:
+            break
+    assert r.status_code == 402
+    rotated = kadmin.http.post(f"/admin/v1/keys/{key_id}/rotate", json={"grace": "1h"})
+    assert rotated.status_code == 201 and rotated.json()["credit_limit_daily"] == "100"
+    r = call(kgw, rotated.json()["key"], "messages")
+    assert r.status_code == 402 and code(r, "messages") == "quota_exceeded" and "key's own limit" in message(r)
+    spent = sum(int(e["charged"]) for e in kadmin.entries(account) if e["key_id"] in (key_id, rotated.json()["id"]))
+    assert 0 < spent <= 100_000_000
