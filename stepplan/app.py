@@ -198,7 +198,7 @@ async def metrics_endpoint(request: HTTPRequest) -> Response:
     metrics = getattr(request.app.state, "metrics", None)
     if metrics is None:
         raise NotFound(f"no route for {request.method} {request.url.path}")
-    _guard(request)
+    await _guard(request)
     return Response(metrics.render(), media_type=CONTENT_TYPE)
 
 
@@ -285,7 +285,10 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> ASG
             await run_migrations(engine)
         sessions = sessionmaker(engine)
         secret = settings.secret.encode() if settings.secret else await signing_secret(sessions)
-        auth = Authenticator(sessions)
+        from .billing.clock import Clock
+
+        auth = Authenticator(sessions, clock=Clock(settings.clock_offset),
+                             trusted_proxies=settings.server.trusted_proxies, redis_url=settings.redis_url)
         await auth.start()
         meter = build_meter(settings, sessions)
         await meter.start()

@@ -21,7 +21,7 @@ from .billing.pricing import PriceBook
 from .catalog import Catalog, ModelSpec
 from .engines.base import CallContext
 from .engines.registry import EngineRegistry
-from .errors import GatewayError, InvalidRequest, UnsupportedContent
+from .errors import GatewayError, InvalidRequest, PermissionDenied, UnsupportedContent
 from .observability import tracing
 from .observability.calls import CallObserver
 from .observability.metrics import admitted
@@ -378,6 +378,10 @@ class Gateway:
     async def _admit(self, req: Request, key: KeyInfo, trace_id: str, body_size: int, protocol: str) -> Call:
         t0 = time.perf_counter()
         spec = self.catalog.resolve(req.model)
+        if key.models is not None and spec.id not in key.models and req.model not in key.models:
+            # an allowed step-router-v1 admits whatever engine it routes to for that call
+            raise PermissionDenied(f"this API key may not use model '{req.model}'; the key's administrator "
+                                   "limited it to certain models")
         if spec.kind == "router":
             self.router.check_fields(req)
         req = check_capabilities(req, spec)

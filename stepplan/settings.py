@@ -81,8 +81,17 @@ class ServerConfig:
     log_format: str = "text"  # "text" | "json"
     # streams waiting for their first token get a keep-alive ping this often (issue 14)
     stream_ping_seconds: float = 10.0
+    # proxies whose X-Forwarded-For is believed when a key has an IP allowlist (docs/security.md)
+    trusted_proxies: list[str] = field(default_factory=list)
 
     def check(self) -> None:
+        import ipaddress
+
+        for i, net in enumerate(self.trusted_proxies):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ConfigError(f"trusted_proxies[{i}]", f"{net!r} is not an IP address or CIDR network") from None
         if self.metrics_port is not None and not 0 < self.metrics_port < 65536:
             raise ConfigError("metrics_port", f"must be a TCP port number, not {self.metrics_port!r}")
         if self.log_format not in LOG_FORMATS:

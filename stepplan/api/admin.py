@@ -1,14 +1,21 @@
 """The admin API under ``/admin/v1/``: accounts, keys, subscriptions, top-ups, usage.
 
-Protected by ``STEPPLAN_ADMIN_TOKEN`` (``Authorization: Bearer <token>`` or
-``x-admin-token``). With no token configured the whole API answers 404, as if it did
-not exist. Errors use the OpenAI error shape.
+Protected by admin tokens (``Authorization: Bearer <token>`` or ``x-admin-token``):
+``STEPPLAN_ADMIN_TOKEN`` (a write token) and the tokens made by ``stepplan admin-token
+create`` (stored hashed; scope ``read``: GET only, ``write``: everything). With no token of
+any kind the whole API answers 404, as if it did not exist. Every change is written to the
+audit log in its own transaction. Key settings (``expires``, ``models``, ``rpm``,
+``concurrency``, ``credit_limit_daily``, ``credit_limit_monthly``, ``ip``, ``labels``): see
+:mod:`stepplan.key_settings`. Errors use the OpenAI error shape.
 
     GET    /admin/v1/plans
     GET    /admin/v1/accounts                      POST {"name"}
     GET    /admin/v1/accounts/{name}               (account, plan, buckets)
-    GET    /admin/v1/accounts/{name}/keys          POST {"name"?} → the key, shown once
-    GET    /admin/v1/keys?account=NAME             DELETE /admin/v1/keys/{id} (revoke)
+    GET    /admin/v1/accounts/{name}/keys          POST {"name"?, settings?} → the key, shown once
+    GET    /admin/v1/keys?account=NAME             (with limits and last use)
+    GET    /admin/v1/keys/{id}                     PATCH {settings; null clears one}  DELETE (revoke)
+    POST   /admin/v1/keys/{id}/rotate              {"grace": "24h"} → the new key, shown once
+    GET    /admin/v1/audit?since=&limit=           (the audit log, oldest first)
     GET    /admin/v1/accounts/{name}/subscription  POST {"plan", "period"?, "auto_renew"?}
                                                    DELETE (stop auto-renewal)
     POST   /admin/v1/accounts/{name}/topups        {"pack"}
@@ -31,25 +38,41 @@ from ..billing.check import check_ledger
 from ..billing.plans import yuan
 from ..billing.pricing import credits_str
 from ..billing.usage import account_usage
-from ..errors import AuthError, InvalidRequest, NotFound
+from ..errors import AuthError, InvalidRequest, NotFound, PermissionDenied
+from ..key_settings import CLEARED, COLUMNS, SETTINGS, parse_duration, parse_setting, parse_since
 from ..store import accounts as acc
+from ..store import keys as key_store
 from ..store import ledger
+from ..store.admin_tokens import any_tokens, lookup_token
+from ..store.audit_log import list_audit, record, subscription_state
 from .common import read_json
 from .responses import JSONResponse
 from .usage import billing_clock, billing_config, parse_time
 
 
-def _guard(request: HTTPRequest) -> None:
-    token = request.app.state.settings.admin_token
-    if not token:
-        raise NotFound(f"no route for {request.method} {request.url.path}")
+async def _guard(request: HTTPRequest) -> str:
+    """Admit an admin request: the actor recorded in the audit log (``admin:<token name>``), or
+    404 when no admin token of any kind exists, 401 for a missing, unknown or revoked token, and
+    403 for a read token on anything but GET."""
+    env_token = request.app.state.settings.admin_token
     h = request.headers
     given = h.get("x-admin-token")
     auth = h.get("authorization", "")
     if not given and auth.lower().startswith("bearer "):
         given = auth[7:].strip()
-    if not given or not hmac.compare_digest(given.encode(), token.encode()):
-        raise AuthError("invalid admin token: send 'Authorization: Bearer <STEPPLAN_ADMIN_TOKEN>'")
+    if env_token and given and hmac.compare_digest(given.encode(), env_token.encode()):
+        return "admin:env"
+    async with request.app.state.sessions() as s:
+        found = await lookup_token(s, given) if given else None
+        if found is None:
+            if not env_token and not await any_tokens(s):
+                raise NotFound(f"no route for {request.method} {request.url.path}")
+            raise AuthError("invalid admin token: send 'Authorization: Bearer <admin token>' "
+                            "(STEPPLAN_ADMIN_TOKEN or one made by 'stepplan admin-token create')")
+    name, scope = found
+    if request.method not in ("GET", "HEAD") and scope != "write":
+        raise PermissionDenied(f"admin token '{name}' has the read scope; {request.method} needs a write token")
+    return f"admin:{name}"
 
 
 async def _body(request: HTTPRequest) -> dict[str, Any]:
@@ -81,7 +104,7 @@ def _key_row(k: Any, account: str) -> dict[str, Any]:
 
 
 async def plans(request: HTTPRequest) -> Response:
-    _guard(request)
+    await _guard(request)
     cfg = billing_config(request)
     return JSONResponse({
         "plans": [{"id": p.id, "name": p.name, "monthly_credits": credits_str(p.monthly_credits),
@@ -94,7 +117,7 @@ async def plans(request: HTTPRequest) -> Response:
 
 
 async def accounts(request: HTTPRequest) -> Response:
-    _guard(request)
+    actor = await _guard(request)
     async with request.app.state.sessions() as s:
         if request.method == "POST":
             name = _str(await _body(request), "name")
@@ -103,6 +126,8 @@ async def accounts(request: HTTPRequest) -> Response:
                 a = await acc.create_account(s, name)
             except acc.AccountExists as exc:
                 raise InvalidRequest(str(exc), param="name") from None
+            await record(s, actor, "account.create", f"account:{name}", None, {"id": a.id, "name": name},
+                         billing_clock(request).now())
             await s.commit()
             return JSONResponse({"id": a.id, "name": a.name, "created_at": a.created_at}, status_code=201)
         rows = await acc.list_accounts(s)
@@ -110,7 +135,7 @@ async def accounts(request: HTTPRequest) -> Response:
 
 
 async def account(request: HTTPRequest) -> Response:
-    _guard(request)
+    await _guard(request)
     cfg, now = billing_config(request), billing_clock(request).now()
     async with request.app.state.sessions() as s:
         a = await _account(s, request.path_params["name"])
@@ -119,42 +144,162 @@ async def account(request: HTTPRequest) -> Response:
     return JSONResponse({"id": a.id, "name": a.name, "created_at": a.created_at, **view})
 
 
-async def account_keys(request: HTTPRequest) -> Response:
-    _guard(request)
-    async with request.app.state.sessions() as s:
-        a = await _account(s, request.path_params["name"])
-        if request.method == "POST":
-            label = _str(await _body(request), "name", required=False)
-            row, key = await acc.create_key(s, a, label)
-            await s.commit()
-            return JSONResponse({**_key_row(row, a.name), "key": key}, status_code=201)
-        return JSONResponse({"data": [_key_row(k, n) for k, n in await acc.list_keys(s, a)]})
+def _key_settings(request: HTTPRequest, body: dict[str, Any], clearing: bool) -> dict[str, Any]:
+    """The per-key settings in an admin request body → api_keys columns (PATCH: null clears one)."""
+    known = {"name", *SETTINGS}
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise InvalidRequest(f"unknown field '{unknown[0]}'; key settings are: {', '.join(SETTINGS)}",
+                             param=unknown[0])
+    models = [m.id for m in request.app.state.settings.catalog.public()]
+    now = billing_clock(request).now()
+    out: dict[str, Any] = {}
+    for name in SETTINGS:
+        if name not in body:
+            continue
+        raw = body[name]
+        if raw is None:
+            if clearing:
+                out[COLUMNS[name]] = CLEARED[COLUMNS[name]]
+            continue
+        if name in ("models", "ip") and not isinstance(raw, (str, list)):
+            raise InvalidRequest(f"'{name}' must be a list of strings", param=name)
+        if name == "labels" and not isinstance(raw, dict):
+            raise InvalidRequest("'labels' must be an object of strings", param=name)
+        try:
+            column, value = parse_setting(name, raw, now, models)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param=name) from None
+        out[column] = value
+    return out
 
 
-async def keys(request: HTTPRequest) -> Response:
-    _guard(request)
-    name = request.query_params.get("account")
-    async with request.app.state.sessions() as s:
-        a = await _account(s, name) if name else None
-        return JSONResponse({"data": [_key_row(k, n) for k, n in await acc.list_keys(s, a)]})
-
-
-async def key(request: HTTPRequest) -> Response:
-    _guard(request)
+def _key_id(request: HTTPRequest) -> int:
     raw = request.path_params["key_id"]
     if not raw.isdigit():
         raise InvalidRequest(f"key id must be a number, not {raw!r}", param="key_id")
+    return int(raw)
+
+
+async def account_keys(request: HTTPRequest) -> Response:
+    actor = await _guard(request)
+    now = billing_clock(request).now()
     async with request.app.state.sessions() as s:
-        revoked = await acc.revoke_key(s, int(raw))
+        a = await _account(s, request.path_params["name"])
+        if request.method == "POST":
+            body = await _body(request)
+            label = _str(body, "name", required=False)
+            settings = _key_settings(request, body, clearing=False)
+            row, key = await acc.create_key(s, a, label, settings)
+            view = key_store.key_view(row, a.name, now)
+            await record(s, actor, "key.create", f"key:{row.id}", None, view, now)
+            await s.commit()
+            return JSONResponse({**view, "key": key}, status_code=201)
+        return JSONResponse({"data": [key_store.key_view(k, n, now) for k, n in await acc.list_keys(s, a)]})
+
+
+async def keys(request: HTTPRequest) -> Response:
+    await _guard(request)
+    name = request.query_params.get("account")
+    now = billing_clock(request).now()
+    async with request.app.state.sessions() as s:
+        a = await _account(s, name) if name else None
+        return JSONResponse({"data": [key_store.key_view(k, n, now) for k, n in await acc.list_keys(s, a)]})
+
+
+async def key(request: HTTPRequest) -> Response:
+    """GET a key, PATCH its settings (null clears one), DELETE revokes it."""
+    actor = await _guard(request)
+    key_id = _key_id(request)
+    now = billing_clock(request).now()
+    body = await _body(request) if request.method == "PATCH" else {}
+    async with request.app.state.sessions() as s:
+        found = await key_store.get_key(s, key_id)
+        if found is None:
+            raise NotFound(f"no key with id {key_id}")
+        row, account_name = found
+        before = key_store.key_view(row, account_name, now)
+        if request.method == "GET":
+            return JSONResponse(before)
+        if request.method == "PATCH":
+            changes = _key_settings(request, body, clearing=True)
+            if "name" in body:
+                changes["name"] = _str(body, "name", required=False)
+            if not changes:
+                raise InvalidRequest("nothing to change: send at least one key setting")
+            if isinstance(changes.get("labels"), dict):
+                changes["labels"] = {**before["labels"], **changes["labels"]}
+            try:
+                row = await key_store.update_key(s, key_id, changes, now)
+            except key_store.KeyNotFound as exc:
+                raise NotFound(str(exc)) from None
+            after = key_store.key_view(row, account_name, now)
+            await record(s, actor, "key.update", f"key:{key_id}", before, after, now)
+            await s.commit()
+            await request.app.state.gateway.auth.announce()
+            return JSONResponse(after)
+        revoked = await acc.revoke_key(s, key_id)
+        if revoked:
+            await s.refresh(row)
+            await record(s, actor, "key.revoke", f"key:{key_id}", before, key_store.key_view(row, account_name, now),
+                         now)
         await s.commit()
     if not revoked:
-        raise NotFound(f"no active key with id {raw}")
-    request.app.state.gateway.auth.invalidate()
-    return JSONResponse({"id": int(raw), "revoked": True})
+        raise NotFound(f"no active key with id {key_id}")
+    await request.app.state.gateway.auth.announce()
+    return JSONResponse({"id": key_id, "revoked": True})
+
+
+async def rotate(request: HTTPRequest) -> Response:
+    """POST {"grace": "24h"}: a new key with the same settings (shown once); the old one works until the grace ends."""
+    actor = await _guard(request)
+    key_id = _key_id(request)
+    body = await _body(request) if request.headers.get("content-length", "0") != "0" else {}
+    raw = body.get("grace", "24h")
+    try:
+        grace = parse_duration(raw, "grace") if isinstance(raw, str) else -1
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="grace") from None
+    if grace < 0:
+        raise InvalidRequest("'grace' must be a duration such as 24h, 30m or 0s", param="grace")
+    now = billing_clock(request).now()
+    async with request.app.state.sessions() as s:
+        found = await key_store.get_key(s, key_id)
+        if found is None:
+            raise NotFound(f"no key with id {key_id}")
+        before = key_store.key_view(found[0], found[1], now)
+        try:
+            old, new, secret = await key_store.rotate_key(s, key_id, grace, now)
+        except key_store.KeyNotFound as exc:
+            raise NotFound(str(exc)) from None
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+        old_view, new_view = key_store.key_view(old, found[1], now), key_store.key_view(new, found[1], now)
+        await record(s, actor, "key.rotate", f"key:{key_id}", before, {**old_view, "new_key_id": new.id}, now)
+        await s.commit()
+    await request.app.state.gateway.auth.announce()
+    until = old_view["expires_at"] if old_view["revoked_at"] is None else None
+    return JSONResponse({**new_view, "key": secret, "replaces": key_id, "old_key_valid_until": until},
+                        status_code=201)
+
+
+async def audit(request: HTTPRequest) -> Response:
+    """GET ?since=ISO date or duration (24h)&limit=N: audit records, oldest first."""
+    await _guard(request)
+    qp = request.query_params
+    raw_limit = qp.get("limit", "1000")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 100_000:
+        raise InvalidRequest("'limit' must be a number from 1 to 100000", param="limit")
+    try:
+        since = parse_since(qp.get("since"), billing_clock(request).now())
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), param="since") from None
+    async with request.app.state.sessions() as s:
+        return JSONResponse({"data": await list_audit(s, since, int(raw_limit))})
 
 
 async def subscription(request: HTTPRequest) -> Response:
-    _guard(request)
+    actor = await _guard(request)
     cfg, now = billing_config(request), billing_clock(request).now()
     async with request.app.state.sessions() as s:
         a = await _account(s, request.path_params["name"])
@@ -167,11 +312,17 @@ async def subscription(request: HTTPRequest) -> Response:
                 if auto is not None and not isinstance(auto, bool):
                     raise InvalidRequest("'auto_renew' must be true or false", param="auto_renew")
                 assert plan is not None
+                before = await subscription_state(s, a.id)
                 result = await subscriptions.subscribe(s, cfg, a.id, plan, period, now, auto)
+                await record(s, actor, "subscription.set", f"account:{a.name}", before,
+                             await subscription_state(s, a.id), now)
                 await s.commit()
                 return JSONResponse(result.as_dict())
             if request.method == "DELETE":
+                before = await subscription_state(s, a.id)
                 sub = await subscriptions.cancel(s, cfg, a.id, now)
+                await record(s, actor, "subscription.cancel", f"account:{a.name}", before,
+                             await subscription_state(s, a.id), now)
                 await s.commit()
                 return JSONResponse({"subscription_id": sub.id, "auto_renew": False, "expired_at": sub.term_end})
         except subscriptions.BillingError as exc:
@@ -183,7 +334,7 @@ async def subscription(request: HTTPRequest) -> Response:
 
 
 async def topups(request: HTTPRequest) -> Response:
-    _guard(request)
+    actor = await _guard(request)
     cfg, now = billing_config(request), billing_clock(request).now()
     body = await _body(request)
     pack = _str(body, "pack")
@@ -194,13 +345,15 @@ async def topups(request: HTTPRequest) -> Response:
             pot = await subscriptions.topup(s, cfg, a.id, pack, now)
         except subscriptions.BillingError as exc:
             raise InvalidRequest(str(exc), param="pack") from None
+        await record(s, actor, "topup.create", f"account:{a.name}", None,
+                     {"bucket_id": pot.id, "pack": pack, "credits": credits_str(pot.total)}, now)
         await s.commit()
     return JSONResponse({"bucket_id": pot.id, "pack": pack, "credits": credits_str(pot.total),
                          "expire_at": pot.expires_at, "price": yuan(cfg.pack(pack).price)}, status_code=201)
 
 
 async def account_usage_route(request: HTTPRequest) -> Response:
-    _guard(request)
+    await _guard(request)
     qp = request.query_params
     since, until = parse_time(qp.get("from"), "from"), parse_time(qp.get("to"), "to")
     cfg, now = billing_config(request), billing_clock(request).now()
@@ -212,7 +365,7 @@ async def account_usage_route(request: HTTPRequest) -> Response:
 
 
 async def ledger_check(request: HTTPRequest) -> Response:
-    _guard(request)
+    await _guard(request)
     cfg = billing_config(request)
     async with request.app.state.sessions() as s:
         report = await check_ledger(s, cfg.owner_ttl_seconds, cfg.lease_idle_seconds)
@@ -220,7 +373,7 @@ async def ledger_check(request: HTTPRequest) -> Response:
 
 
 async def ledger_entries(request: HTTPRequest) -> Response:
-    _guard(request)
+    await _guard(request)
     qp = request.query_params
     raw_limit = qp.get("limit", "100")
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= 10_000:
@@ -246,12 +399,12 @@ async def ledger_entries(request: HTTPRequest) -> Response:
 
 
 async def upstreams(request: HTTPRequest) -> Response:
-    _guard(request)
+    await _guard(request)
     return JSONResponse({"data": request.app.state.gateway.engines.upstream_states()})
 
 
 async def not_found(request: HTTPRequest) -> Response:
-    _guard(request)
+    await _guard(request)
     raise NotFound(f"no route for {request.method} {request.url.path}")
 
 
@@ -264,7 +417,9 @@ ROUTES: list = [
     ("/admin/v1/accounts/{name}/topups", topups, ["POST"]),
     ("/admin/v1/accounts/{name}/usage", account_usage_route, ["GET"]),
     ("/admin/v1/keys", keys, ["GET"]),
-    ("/admin/v1/keys/{key_id}", key, ["DELETE"]),
+    ("/admin/v1/keys/{key_id}", key, ["GET", "PATCH", "DELETE"]),
+    ("/admin/v1/keys/{key_id}/rotate", rotate, ["POST"]),
+    ("/admin/v1/audit", audit, ["GET"]),
     ("/admin/v1/ledger/check", ledger_check, ["GET"]),
     ("/admin/v1/ledger/entries", ledger_entries, ["GET"]),
     ("/admin/v1/upstreams", upstreams, ["GET"]),

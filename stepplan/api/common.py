@@ -93,8 +93,13 @@ async def authenticate(request: HTTPRequest) -> KeyInfo:
     from ..auth import key_from_headers
 
     h = request.headers
-    return await request.app.state.gateway.auth.authenticate(key_from_headers(h.get("authorization"),
-                                                                              h.get("x-api-key")))
+    auth = request.app.state.gateway.auth
+
+    def client() -> str | None:  # only asked for keys with an IP allowlist
+        peer = request.scope.get("client")
+        return auth.client_address(peer[0] if peer else None, h.get("x-forwarded-for"))
+
+    return await auth.authenticate(key_from_headers(h.get("authorization"), h.get("x-api-key")), client)
 
 
 def is_anthropic_path(path: str) -> bool:

@@ -19,8 +19,10 @@ from ..errors import NoSubscription, Overloaded, QuotaExceeded
 from ..protocols.canonical import Request
 from ..store import ledger
 from ..store.accounts import KeyInfo
+from ..store.keys import KEY_DAY, credits_exact
 from .clock import iso
 from .core import MeterCore
+from .key_limits import ensure_key_pots, limits_of
 from .meter import Reservation
 from .pricing import Rates, credits_str
 from .state import AccountState, Hold, Holds, Pot
@@ -36,6 +38,14 @@ NO_SUBSCRIPTION = ("you have no active step plan subscription; subscribe to a pl
 def reservation_amount(rates: Rates, input_tokens: int, max_output: int, cap: int) -> int:
     """The hold for a call: input estimate × input rate + max output × output rate, capped."""
     return min(cap, max(0, input_tokens) * rates.input + max(0, max_output) * rates.output)
+
+
+def _key_pots_live(acct: AccountState, key: KeyInfo, now: int) -> bool:
+    """Whether the account state holds a live pot for each of the key's Credit limits."""
+    pots = acct.key_windows.get(key.key_id)
+    if not pots:
+        return False
+    return all(any(p.kind == kind and p.live(now) for p in pots) for kind, _ in limits_of(key))
 
 
 class Leasing:
@@ -60,13 +70,26 @@ class Leasing:
         max_out = req.max_tokens if req.max_tokens is not None else min(spec.max_output, cfg.reserve_output_tokens)
         amount = reservation_amount(rates, input_tokens, max_out, cfg.reserve_cap)
         plan = acct.plan
-        await core.limiter.enter(acct.account_id, plan.concurrency, plan.rpm)
+        if key.rate_limited:  # the key's own limits first: a key at its limit leaves the plan's untouched
+            await core.limiter.enter(f"k{key.key_id}", key.concurrency, key.rpm, scope="key")
         try:
-            holds = acct.take(amount, now, time.monotonic())
+            await core.limiter.enter(acct.account_id, plan.concurrency, plan.rpm)
+        except BaseException:
+            if key.rate_limited:
+                core.limiter.leave(f"k{key.key_id}")
+            raise
+        try:
+            kw = acct.key_windows.get(key.key_id) if key.credit_limited else None
+            if key.credit_limited and not _key_pots_live(acct, key, now):
+                holds = None
+            else:
+                holds = acct.take(amount, now, time.monotonic(), kw)
             if holds is None:
-                acct, holds = await self._reserve_slow(acct, amount, now)
+                acct, holds = await self._reserve_slow(acct, amount, now, key)
         except BaseException:
             core.limiter.leave(key.account_id)
+            if key.rate_limited:
+                core.limiter.leave(f"k{key.key_id}")
             raise
         core.active = mono = time.monotonic()
         res = Reservation(request_id, key, req.model, amount, mono, Hold(acct, holds, now, spec))
@@ -79,7 +102,8 @@ class Leasing:
             return {}
         return {HEADER_REMAINING: credits_str(h.acct.remaining(self.core.clock.now()))}
 
-    async def _reserve_slow(self, acct: AccountState, amount: int, now: int) -> tuple[AccountState, Holds]:
+    async def _reserve_slow(self, acct: AccountState, amount: int, now: int, key: KeyInfo
+                            ) -> tuple[AccountState, Holds]:
         """Lease more from the database (one coroutine per account at a time), then hold."""
         try:
             for attempt in range(3):
@@ -92,10 +116,13 @@ class Leasing:
                         await self.load(acct, now)
                     if acct.plan is None:
                         raise NoSubscription(NO_SUBSCRIPTION)
-                    holds = acct.take(amount, now, time.monotonic())
+                    if key.credit_limited and not _key_pots_live(acct, key, now):
+                        await self._issue_key_pots(acct, key, now)
+                    kw = acct.key_windows.get(key.key_id) if key.credit_limited else None
+                    holds = acct.take(amount, now, time.monotonic(), kw)
                     if holds is None:
-                        await self.lease(acct, amount, now)
-                        holds = acct.take(amount, now, time.monotonic())
+                        await self.lease(acct, amount, now, kw)
+                        holds = acct.take(amount, now, time.monotonic(), kw)
                     if holds is not None:
                         return acct, holds
                     if attempt > 0:
@@ -105,10 +132,26 @@ class Leasing:
             log.exception("credit metering: database error leasing for account %s", acct.account_id)
             raise Overloaded("credit metering is temporarily unavailable; retry shortly",
                              headers={"retry-after": "1"}) from exc
-        raise self._quota_error(acct, amount, now)
+        raise self._quota_error(acct, amount, now, key)
+
+    async def _issue_key_pots(self, acct: AccountState, key: KeyInfo, now: int) -> None:
+        """The key's first call of a day or month (in this process): issue its limit pots if no
+        process has yet, and reload the account to see them. Call with ``acct.lock`` held."""
+        async with self.core.sessions() as s:
+            await ensure_key_pots(s, key, now)
+            await s.commit()
+        await self.load(acct, now)
 
     @staticmethod
-    def _quota_error(acct: AccountState, amount: int, now: int) -> QuotaExceeded:
+    def _quota_error(acct: AccountState, amount: int, now: int, key: KeyInfo | None = None) -> QuotaExceeded:
+        for w in (acct.key_windows.get(key.key_id, []) if key is not None else []):
+            if key is not None and w.live(now) and w.total - w.used < amount:
+                label, limit = (("daily", key.credit_daily) if w.kind == KEY_DAY else ("monthly", key.credit_monthly))
+                return QuotaExceeded(
+                    f"this API key's {label} Credit limit ({credits_exact(limit or 0)} Credit) is used up until "
+                    f"{iso(w.expires_at)}: this is the key's own limit, not the plan's (the account may still have "
+                    "credit); wait for the period to reset, or ask the administrator to raise the key's limit",
+                    headers={"retry-after": str(max(1, w.expires_at - now))})
         for w in acct.windows:
             if w.live(now) and w.total - w.used < amount:
                 label = "5-hour" if w.kind == "window_5h" else "weekly"
@@ -125,10 +168,10 @@ class Leasing:
             headers={HEADER_REMAINING: credits_str(left)})
 
     # ================================================================== leases
-    async def lease(self, acct: AccountState, amount: int, now: int) -> None:
+    async def lease(self, acct: AccountState, amount: int, now: int, key_windows: list[Pot] | None = None) -> None:
         """Lease what ``amount`` needs beyond this process's free leases: credit pots earliest
-        expiry first, and every window limit. Call with ``acct.lock`` held."""
-        credit_deficit, window_deficits = acct.deficits(amount, now)
+        expiry first, every window limit, and the calling key's limits. Call with ``acct.lock`` held."""
+        credit_deficit, window_deficits = acct.deficits(amount, now, key_windows)
         for pot in list(acct.credit):
             if credit_deficit <= 0:
                 break
@@ -181,5 +224,5 @@ class Leasing:
             except ValueError:
                 log.error("account %s is subscribed to plan %r, which is not configured", acct.account_id, sub.plan)
         horizon = sub.term_end if sub is not None else now + 5
-        rows = [(p.id, p.kind, p.expires_at, p.total, p.used) for p in pots]
+        rows = [(p.id, p.kind, p.expires_at, p.total, p.used, p.key_id) for p in pots]
         acct.update(plan, sub.id if sub is not None else None, rows, now, horizon)

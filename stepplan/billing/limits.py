@@ -1,4 +1,6 @@
 """Per-account rate limits from the plan: calls in flight (concurrency) and calls per minute.
+The same counters hold a key's own limits (``--rpm``/``--concurrency`` on the key), under the
+id ``k<key id>`` instead of the account id; a call must pass both.
 
 The plan's "priority rate" (spec §5.1: Flash Plus and above) is a larger allowance.
 Without Redis each process enforces the limits on its own traffic. With Redis
@@ -51,7 +53,13 @@ return 0
 """
 
 
-def _too_many(reason: int, concurrency: int, rpm: int, now: int) -> RateLimited:
+def _too_many(reason: int, concurrency: int, rpm: int, now: int, scope: str = "account") -> RateLimited:
+    if scope == "key":
+        if reason == 1:
+            return RateLimited(f"too many calls in flight for this API key (the key's own limit: {concurrency}); "
+                               "retry when one finishes", headers={"retry-after": "1"})
+        return RateLimited(f"too many calls this minute for this API key (the key's own limit: {rpm} per "
+                           "minute); retry shortly", headers={"retry-after": str(max(1, 60 - now % 60))})
     if reason == 1:
         return RateLimited(f"too many calls in flight for this account (plan limit {concurrency}); "
                            "retry when one finishes, or upgrade the plan for a higher priority rate",
@@ -65,10 +73,11 @@ def _too_many(reason: int, concurrency: int, rpm: int, now: int) -> RateLimited:
 class LocalLimiter:
     def __init__(self, clock: Clock | None = None) -> None:
         self.clock = clock or Clock.from_env()
-        self.inflight: dict[int, int] = {}
-        self.minute: dict[int, tuple[int, int]] = {}
+        self.inflight: dict[int | str, int] = {}
+        self.minute: dict[int | str, tuple[int, int]] = {}
 
-    async def enter(self, account_id: int, concurrency: int, rpm: int) -> None:
+    async def enter(self, account_id: int | str, concurrency: int, rpm: int, scope: str = "account") -> None:
+        """Admit a call of ``account_id`` (an account id, or ``k<id>`` for a key's own limits)."""
         now = self.clock.now()
         m = now // 60
         n = 0
@@ -77,14 +86,14 @@ class LocalLimiter:
             if cur_m != m:
                 n = 0
             if n >= rpm:
-                raise _too_many(2, concurrency, rpm, now)
+                raise _too_many(2, concurrency, rpm, now, scope)
         if concurrency > 0 and self.inflight.get(account_id, 0) >= concurrency:
-            raise _too_many(1, concurrency, rpm, now)
+            raise _too_many(1, concurrency, rpm, now, scope)
         if rpm > 0:
             self.minute[account_id] = (m, n + 1)
         self.inflight[account_id] = self.inflight.get(account_id, 0) + 1
 
-    def leave(self, account_id: int) -> None:
+    def leave(self, account_id: int | str) -> None:
         n = self.inflight.get(account_id, 0) - 1
         if n > 0:
             self.inflight[account_id] = n
@@ -109,20 +118,20 @@ class RedisLimiter:
         self.redis: Any = aioredis.from_url(url)
         self.owner = owner
         self._enter = self.redis.register_script(_ENTER)
-        self._pending: dict[int, int] = {}  # account → releases not yet sent
+        self._pending: dict[int | str, int] = {}  # account (or k<key id>) → releases not yet sent
         self._flusher: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
-    async def enter(self, account_id: int, concurrency: int, rpm: int) -> None:
+    async def enter(self, account_id: int | str, concurrency: int, rpm: int, scope: str = "account") -> None:
         if concurrency <= 0 and rpm <= 0:
             return
         now = self.clock.now()
         reason = await self._enter(keys=[CONC_KEY.format(account_id), RPM_KEY.format(account_id, now // 60)],
                                    args=[self.owner, concurrency, rpm])
         if int(reason):
-            raise _too_many(int(reason), concurrency, rpm, now)
+            raise _too_many(int(reason), concurrency, rpm, now, scope)
 
-    def leave(self, account_id: int) -> None:
+    def leave(self, account_id: int | str) -> None:
         """Synchronous: releases are batched and sent by a background flusher."""
         self._pending[account_id] = self._pending.get(account_id, 0) + 1
         if self._flusher is None or self._flusher.done():

@@ -154,6 +154,8 @@ class Settler:
         core.active = mono = time.monotonic()
         st = acct.settle(h.holds, cost, now, mono)
         core.limiter.leave(acct.account_id)
+        if res.key.rate_limited:
+            core.limiter.leave(f"k{res.key.key_id}")
         entry = {
             "request_id": res.request_id, "owner": core.owner, "account_id": res.key.account_id,
             "key_id": res.key.key_id, "requested_model": res.requested_model[:128],

@@ -89,40 +89,54 @@ class AccountState:
     pots: dict[int, Pot] = field(default_factory=dict)  # every pot this process knows (live or retired)
     credit: list[Pot] = field(default_factory=list)  # live credit pots, earliest expiry first
     windows: list[Pot] = field(default_factory=list)  # live window limits
+    # live key Credit limits (key_day / key_month pots), by key id: windows for that key's calls only
+    key_windows: dict[int, list[Pot]] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     stale: bool = False
     dead: bool = False  # this process was reaped: its leases are gone, settle directly
 
-    def update(self, plan: Plan | None, subscription_id: int | None, rows: list[tuple[int, str, int, int, int]],
+    def update(self, plan: Plan | None, subscription_id: int | None,
+               rows: list[tuple[int, str, int, int, int]] | list[tuple[int, str, int, int, int, int | None]],
                now: int, horizon: int) -> None:
-        """Merge a fresh read of the live pots (id, kind, expires_at, total, used), keeping leases and holds."""
+        """Merge a fresh read of the live pots (id, kind, expires_at, total, used[, key id]), keeping
+        leases and holds."""
         self.plan, self.subscription_id = plan, subscription_id
         live: list[Pot] = []
-        for pot_id, kind, expires_at, total, used in rows:
+        keyed: dict[int, list[Pot]] = {}
+        for pot_id, kind, expires_at, total, used, *key in rows:
             pot = self.pots.get(pot_id)
             if pot is None:
                 pot = self.pots[pot_id] = Pot(pot_id, kind, expires_at, total, used)
             else:
                 pot.expires_at, pot.total, pot.used = expires_at, total, max(pot.used, used)
-            if expires_at > now:
-                live.append(pot)
+            if expires_at <= now:
+                continue
+            if key and key[0] is not None:
+                keyed.setdefault(key[0], []).append(pot)
+            live.append(pot)
         live.sort(key=lambda p: (p.expires_at, p.id))
+        mine = {id(p) for ps in keyed.values() for p in ps}
         self.credit = [p for p in live if p.credit]
-        self.windows = [p for p in live if not p.credit]
+        self.windows = [p for p in live if not p.credit and id(p) not in mine]
+        self.key_windows = keyed
         ends = [p.expires_at for p in live]
         self.valid_until = min([horizon, *ends]) if ends else horizon
         self.stale = False
 
     # ------------------------------------------------------------------ reservations
-    def deficits(self, amount: int, now: int) -> tuple[int, list[tuple[Pot, int]]]:
-        """How much more must be leased: for credit overall, and for each window."""
+    def deficits(self, amount: int, now: int, key_windows: list[Pot] | None = None
+                 ) -> tuple[int, list[tuple[Pot, int]]]:
+        """How much more must be leased: for credit overall, and for each window (the plan's, and
+        ``key_windows``: the calling key's own Credit limits)."""
         credit = amount - sum(p.free for p in self.credit if p.live(now))
-        windows = [(w, amount - w.free) for w in self.windows if w.live(now) and w.free < amount]
+        windows = [(w, amount - w.free) for w in (*self.windows, *(key_windows or ()))
+                   if w.live(now) and w.free < amount]
         return max(0, credit), windows
 
-    def take(self, amount: int, now: int, mono: float) -> Holds | None:
-        """Hold ``amount`` against this process's leases, earliest expiry first; all or nothing."""
-        if len(self.credit) == 1 and not self.windows:  # the common case: one monthly pool
+    def take(self, amount: int, now: int, mono: float, key_windows: list[Pot] | None = None) -> Holds | None:
+        """Hold ``amount`` against this process's leases, earliest expiry first; all or nothing.
+        ``key_windows``: the calling key's Credit limits, held like the plan's windows."""
+        if len(self.credit) == 1 and not self.windows and not key_windows:  # the common case: one monthly pool
             p = self.credit[0]
             if p.expires_at > now and p.leased - p.held >= amount:
                 p.held += amount
@@ -130,10 +144,23 @@ class AccountState:
                 holds = Holds()
                 holds.credit.append((p, amount))
                 return holds
+        if len(self.credit) == 1 and not self.windows and key_windows:  # one pool and the key's own limits
+            p = self.credit[0]
+            if p.expires_at > now and p.leased - p.held >= amount and all(
+                    w.expires_at > now and w.leased - w.held >= amount for w in key_windows):
+                p.held += amount
+                p.last_active = mono
+                holds = Holds()
+                holds.credit.append((p, amount))
+                for w in key_windows:
+                    w.held += amount
+                    w.last_active = mono
+                    holds.windows.append((w, amount))
+                return holds
         live = [p for p in self.credit if p.live(now)]
         if sum(p.free for p in live if p.free > 0) < amount:
             return None
-        windows = [w for w in self.windows if w.live(now)]
+        windows = [w for w in (*self.windows, *(key_windows or ())) if w.live(now)]
         if any(w.free < amount for w in windows):
             return None
         holds = Holds()
@@ -173,6 +200,26 @@ class AccountState:
                 p.last_active = mono
                 holds.credit.clear()
                 return Settlement(cost, cost, [(p.id, cost)] if cost else [], [])
+        if len(holds.credit) == 1 and holds.windows and not self.dead:
+            p, x = holds.credit[0]
+            if (self.credit and self.credit[0] is p and cost <= p.leased - p.held + x
+                    and all(cost <= w.leased - w.held + wx for w, wx in holds.windows)):
+                # one pool and window limits (the plan's or the key's), all covering the cost
+                p.held -= x
+                p.leased -= cost
+                p.used += cost
+                p.last_active = mono
+                charged: list[tuple[int, int]] = []
+                for w, wx in holds.windows:
+                    w.held -= wx
+                    w.leased -= cost
+                    w.used += cost
+                    w.last_active = mono
+                    if cost:
+                        charged.append((w.id, cost))
+                holds.credit.clear()
+                holds.windows.clear()
+                return Settlement(cost, cost, [(p.id, cost)] if cost else [], charged)
         held_pots = [p for p, _ in holds.credit]
         windows = [w for w, _ in holds.windows]
         self.release(holds)

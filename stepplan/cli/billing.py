@@ -100,7 +100,15 @@ def subscribe(ctx: click.Context, account: str, plan_id: str, period: str | None
     cfg, now = _cfg(ctx), _now(ctx)
 
     async def go(s: Any) -> Any:
-        return await do_subscribe(s, cfg, await _account_id(s, account), plan_id, period, now, auto_renew)
+        from ..store.audit_log import record, subscription_state
+        from .actor import cli_actor
+
+        account_id = await _account_id(s, account)
+        before = await subscription_state(s, account_id)
+        result = await do_subscribe(s, cfg, account_id, plan_id, period, now, auto_renew)
+        await record(s, cli_actor(), "subscription.set", f"account:{account}", before,
+                     await subscription_state(s, account_id), now)
+        return result
 
     try:
         result = run_db(ctx, go)
@@ -126,9 +134,14 @@ def topup(ctx: click.Context, account: str, pack_id: str, as_json: bool) -> None
     cfg, now = _cfg(ctx), _now(ctx)
 
     async def go(s: Any) -> dict[str, Any]:
+        from ..store.audit_log import record
+        from .actor import cli_actor
+
         pot = await do_topup(s, cfg, await _account_id(s, account), pack_id, now)
-        return {"bucket_id": pot.id, "pack": pack_id, "credits": credits_str(pot.total), "expire_at": pot.expires_at,
-                "price": yuan(cfg.pack(pack_id).price)}
+        out = {"bucket_id": pot.id, "pack": pack_id, "credits": credits_str(pot.total), "expire_at": pot.expires_at,
+               "price": yuan(cfg.pack(pack_id).price)}
+        await record(s, cli_actor(), "topup.create", f"account:{account}", None, out, now)
+        return out
 
     try:
         out = run_db(ctx, go)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -177,7 +176,7 @@ def serve(ctx: click.Context, config: str | None, host: str, port: int, workers:
         sys.exit(3)  # uvicorn's start-up failure code
 
 
-# ------------------------------------------------------------------ accounts and keys
+# ------------------------------------------------------------------ accounts (keys: cli/keys.py)
 @cli.group()
 def accounts() -> None:
     """Manage accounts."""
@@ -187,10 +186,16 @@ def accounts() -> None:
 @click.argument("name")
 @click.pass_context
 def accounts_create(ctx: click.Context, name: str) -> None:
+    from ..billing.clock import Clock
     from ..store.accounts import AccountExists, create_account
+    from ..store.audit_log import record
+    from .actor import cli_actor
 
     async def go(s: Any) -> int:
-        return (await create_account(s, name)).id
+        a = await create_account(s, name)
+        await record(s, cli_actor(), "account.create", f"account:{name}", None, {"id": a.id, "name": name},
+                     Clock(settings_from(ctx).clock_offset).now())
+        return a.id
 
     try:
         acct_id = run_db(ctx, go)
@@ -211,72 +216,6 @@ def accounts_list(ctx: click.Context) -> None:
 
     for a in run_db(ctx, go):
         click.echo(f"{a.id}\t{a.name}")
-
-
-@cli.group()
-def keys() -> None:
-    """Manage API keys."""
-
-
-@keys.command("create")
-@click.option("--account", "account", required=True)
-@click.option("--name", "label", default=None)
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def keys_create(ctx: click.Context, account: str, label: str | None, as_json: bool) -> None:
-    from ..store.accounts import create_key, get_account
-
-    async def go(s: Any) -> tuple[int, str] | None:
-        acct = await get_account(s, account)
-        if acct is None:
-            return None
-        row, key = await create_key(s, acct, label)
-        return row.id, key
-
-    out = run_db(ctx, go)
-    if out is None:
-        fail(f"no account named {account!r}; create it with: stepplan accounts create {account}")
-        return
-    key_id, key = out
-    if as_json:
-        click.echo(json.dumps({"id": key_id, "key": key, "account": account, "name": label}))
-    else:
-        click.echo(f"key id {key_id} for account {account} (shown once, store it now):\n{key}")
-
-
-@keys.command("list")
-@click.option("--account", "account", default=None)
-@click.option("--json", "as_json", is_flag=True)
-@click.pass_context
-def keys_list(ctx: click.Context, account: str | None, as_json: bool) -> None:
-    from ..store.accounts import get_account, list_keys
-
-    async def go(s: Any) -> list[dict[str, Any]]:
-        acct = await get_account(s, account) if account else None
-        return [{"id": k.id, "account": n, "name": k.name, "prefix": k.prefix, "created_at": k.created_at,
-                 "revoked_at": k.revoked_at} for k, n in await list_keys(s, acct)]
-
-    rows = run_db(ctx, go)
-    if as_json:
-        click.echo(json.dumps(rows))
-        return
-    for r in rows:
-        state = "revoked" if r["revoked_at"] else "active"
-        click.echo(f"{r['id']}\t{r['account']}\t{r['prefix']}…\t{r['name'] or ''}\t{state}")
-
-
-@keys.command("revoke")
-@click.argument("key_id", type=int)
-@click.pass_context
-def keys_revoke(ctx: click.Context, key_id: int) -> None:
-    from ..store.accounts import revoke_key
-
-    async def go(s: Any) -> bool:
-        return await revoke_key(s, key_id)
-
-    if not run_db(ctx, go):
-        fail(f"no active key with id {key_id}")
-    click.echo(f"revoked key {key_id}")
 
 
 def main() -> None:

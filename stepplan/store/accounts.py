@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import json
 import secrets
 import time
 from dataclasses import dataclass
@@ -27,11 +29,41 @@ def new_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
 @dataclass(frozen=True, slots=True)
 class KeyInfo:
+    """What every call needs to know about its key, cached per process (stepplan.auth): the
+    per-key settings are checked from here, without a database round trip."""
+
     key_id: int
     account_id: int
     account_name: str
+    expires_at: int | None = None  # billing-clock seconds; for a rotated key, the end of its grace
+    models: frozenset[str] | None = None  # the allowlist; None: every model
+    rpm: int = 0  # 0: no per-key limit
+    concurrency: int = 0
+    credit_daily: int | None = None  # micro-credits per calendar day (UTC, billing clock)
+    credit_monthly: int | None = None  # micro-credits per calendar month
+    networks: tuple[Network, ...] | None = None  # the client-address allowlist; None: any address
+    replaced_by: int | None = None  # set by a rotation
+
+    @property
+    def credit_limited(self) -> bool:
+        return self.credit_daily is not None or self.credit_monthly is not None
+
+    @property
+    def rate_limited(self) -> bool:
+        return self.rpm > 0 or self.concurrency > 0
+
+
+def key_info(row: ApiKey, account_name: str) -> KeyInfo:
+    """The cached view of a key row."""
+    models = frozenset(json.loads(row.models)) if row.models else None
+    nets = tuple(ipaddress.ip_network(n, strict=False) for n in json.loads(row.ip_allow)) if row.ip_allow else None
+    return KeyInfo(row.id, row.account_id, account_name, row.expires_at, models, row.rpm or 0,
+                   row.concurrency or 0, row.credit_limit_daily, row.credit_limit_monthly, nets, row.replaced_by)
 
 
 class AccountExists(Exception):
@@ -56,10 +88,15 @@ async def list_accounts(s: AsyncSession) -> list[Account]:
     return list((await s.execute(select(Account).order_by(Account.id))).scalars())
 
 
-async def create_key(s: AsyncSession, account: Account, label: str | None = None) -> tuple[ApiKey, str]:
+async def create_key(s: AsyncSession, account: Account, label: str | None = None,
+                     settings: dict[str, object] | None = None) -> tuple[ApiKey, str]:
+    """A new key (flushed: it has its id) and its secret, shown once. ``settings``: api_keys
+    columns as :mod:`stepplan.key_settings` parsed them (lists and objects are stored as JSON)."""
     key = new_key()
     row = ApiKey(account_id=account.id, name=label, prefix=key[:14], hash=hash_key(key),
-                 created_at=int(time.time()))
+                 created_at=int(time.time()), rpm=0, concurrency=0)
+    for column, value in (settings or {}).items():
+        setattr(row, column, json.dumps(value) if isinstance(value, (list, dict)) else value)
     s.add(row)
     await bump_auth_epoch(s)
     await s.flush()
@@ -81,8 +118,8 @@ async def revoke_key(s: AsyncSession, key_id: int) -> bool:
 
 
 async def lookup_key(s: AsyncSession, key_hash: str) -> KeyInfo | None:
-    q = (select(ApiKey.id, ApiKey.account_id, Account.name)
+    q = (select(ApiKey, Account.name)
          .join(Account, Account.id == ApiKey.account_id)
          .where(ApiKey.hash == key_hash, ApiKey.revoked_at.is_(None)))
     row = (await s.execute(q)).first()
-    return KeyInfo(row[0], row[1], row[2]) if row else None
+    return key_info(row[0], row[1]) if row else None

@@ -45,6 +45,17 @@ class ApiKey(Base):
     hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the whole key
     created_at: Mapped[int] = mapped_column(BigInteger)
     revoked_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # Per-key settings (stepplan.key_settings; docs/security.md). None / 0: no limit of that kind.
+    expires_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # billing-clock seconds
+    models: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON array: the model allowlist
+    rpm: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    concurrency: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    credit_limit_daily: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # micro-credits
+    credit_limit_monthly: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    ip_allow: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON array of CIDRs
+    labels: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON object k → v
+    last_used_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # written in batches
+    replaced_by: Mapped[int | None] = mapped_column(Integer, nullable=True)  # set by a rotation
 
     __table_args__ = (Index("ix_api_keys_hash", "hash"),)
 
@@ -91,7 +102,8 @@ class CreditPot(Base):
     __tablename__ = "credit_pots"
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
-    kind: Mapped[str] = mapped_column(String(16))  # subscription | topup | window_5h | window_week
+    # subscription | topup | window_5h | window_week | key_day | key_month (a key's own Credit limit)
+    kind: Mapped[str] = mapped_column(String(16))
     subscription_id: Mapped[int | None] = mapped_column(ForeignKey("subscriptions.id"), nullable=True)
     cycle: Mapped[int | None] = mapped_column(Integer, nullable=True)  # cycle / window index in the term
     source: Mapped[str] = mapped_column(String(64))  # plan or pack id
@@ -101,9 +113,11 @@ class CreditPot(Base):
     starts_at: Mapped[int] = mapped_column(BigInteger)
     expires_at: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[int] = mapped_column(BigInteger)
+    key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)  # key_day / key_month: the key
 
     __table_args__ = (
         UniqueConstraint("subscription_id", "kind", "cycle", name="uq_credit_pots_cycle"),
+        Index("uq_credit_pots_key_period", "key_id", "kind", "cycle", "starts_at", unique=True),
         CheckConstraint("used >= 0 AND leased >= 0 AND used + leased <= total", name="ck_credit_pots_bounds"),
         Index("ix_credit_pots_account_expiry", "account_id", "expires_at"),
     )
@@ -257,3 +271,30 @@ class ConsoleSession(Base):
     created_at: Mapped[int] = mapped_column(BigInteger)
     expires_at: Mapped[int] = mapped_column(BigInteger, index=True)
     revoked_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class AdminToken(Base):
+    """An admin API token: only its SHA-256 is stored (tokens are high-entropy), with a scope."""
+
+    __tablename__ = "admin_tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(128))
+    scope: Mapped[str] = mapped_column(String(16))  # read | write
+    prefix: Mapped[str] = mapped_column(String(32))  # shown to humans
+    hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    revoked_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class AuditRecord(Base):
+    """One administrative change: who (admin token name or ``cli:<user>``), when (billing clock),
+    what, and the target's state before and after (JSON, never a secret)."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[int] = mapped_column(BigInteger, index=True)
+    actor: Mapped[str] = mapped_column(String(160))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(160))
+    before: Mapped[str | None] = mapped_column(Text, nullable=True)
+    after: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009_console_indexes"
-down_revision = "0006_responses"
+down_revision = "0008_admin_audit"
 branch_labels = None
 depends_on = None
 
