@@ -394,7 +394,8 @@ def _call(summary: str, op_id: str, request: str, response: str, anthropic: bool
           statuses: tuple[int, ...] = MODEL_CALL) -> dict[str, Any]:
     ok: dict[str, Any] = {JSON: {"schema": _ref(response)}}
     if stream:
-        ok[SSE] = {"schema": {"type": "string", "description": "server-sent events, with `\"stream\": true`"}}
+        ok[SSE] = {"schema": {"type": "object", "description": "one server-sent event (with `\"stream\": true`)",
+                              "properties": {"event": {"type": "string"}, "data": {"type": "string"}}}}
     return {"post": {
         "summary": summary, "operationId": op_id,
         "requestBody": {"required": True, "content": {JSON: {"schema": _ref(request)}}},
