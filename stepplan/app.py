@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .api import openai as openai_api
 from .api import openai_responses as responses_api
 from .api.common import error_response, is_anthropic_path, new_trace_id
+from .api.openapi import document_bytes as openapi_document_bytes
 from .api.responses import JSONResponse
 from .auth import Authenticator
 from .billing.meter import Meter, NullMeter
@@ -27,6 +28,7 @@ from .observability import tracing
 from .observability.calls import CallObserver
 from .observability.metrics import CONTENT_TYPE, admitted
 from .pipeline import Gateway
+from .protocols import limits as input_limits
 from .reasoning import Signer
 from .routing.route import Router
 from .settings import Settings, load_settings
@@ -222,6 +224,7 @@ async def not_found(request: HTTPRequest, exc: Exception) -> Response:
 def routes(settings: Settings | None = None) -> list[Route]:
     from .api import admin as admin_api
     from .api import anthropic as anthropic_api
+    from .api import openapi as openapi_api
     from .api import usage as usage_api
 
     r = [
@@ -238,6 +241,7 @@ def routes(settings: Settings | None = None) -> list[Route]:
     r += [Route(p, guarded(h, MODEL_ROUTES.get(p)), methods=m) for p, h, m in anthropic_api.ROUTES]
     r += [Route(p, guarded(h, MODEL_ROUTES.get(p)), methods=m) for p, h, m in responses_api.ROUTES]
     r += [Route(p, guarded(h), methods=m) for p, h, m in usage_api.ROUTES]
+    r += [Route(p, guarded(h), methods=m) for p, h, m in openapi_api.ROUTES]
     r += [Route(p, guarded(h), methods=m) for p, h, m in admin_api.ROUTES]
     if settings is None or settings.console.enabled:
         from .console import routes as console_routes  # its own error pages (HTML): not `guarded`
@@ -273,6 +277,9 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> ASG
     from .logs import add_secrets
 
     add_secrets(settings.secrets())
+    input_limits.configure(input_limits.InputLimits(
+        max_messages=settings.server.max_messages, max_tools=settings.server.max_tools,
+        max_content_parts=settings.server.max_content_parts, max_string_chars=settings.server.max_string_chars))
     if not tracing.enabled and tracing.configured():
         tracing.setup()
 
@@ -311,6 +318,7 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> ASG
         app.state.sessions = sessions
         app.state.settings = settings
         app.state.metrics = metrics
+        app.state.openapi = openapi_document_bytes()  # built once, served as bytes
         try:
             yield
         finally:

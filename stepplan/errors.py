@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .redact import redact
+
 
 class GatewayError(Exception):
     status = 500
@@ -39,9 +41,11 @@ class GatewayError(Exception):
         self.headers = headers or {}
 
     def openai_body(self, trace_id: str) -> dict[str, Any]:
+        # Error texts can quote what others sent (an upstream's error, a client's value): credential-shaped
+        # text and the configured secrets never reach a client (stepplan.redact, as in the logs).
         return {
             "error": {
-                "message": self.message,
+                "message": redact(self.message),
                 "type": self.code,
                 "code": self.code,
                 "param": self.param,
@@ -50,10 +54,11 @@ class GatewayError(Exception):
         }
 
     def anthropic_body(self, trace_id: str) -> dict[str, Any]:
+        message = redact(self.message)
         return {
             "type": "error",
-            "error": {"type": self.anthropic_type, "message": self.message if self.message.startswith(
-                f"{self.code}:") else f"{self.code}: {self.message}"},
+            "error": {"type": self.anthropic_type, "message": message if message.startswith(
+                f"{self.code}:") else f"{self.code}: {message}"},
             "request_id": trace_id,
         }
 

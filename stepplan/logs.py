@@ -15,41 +15,20 @@ from __future__ import annotations
 
 import collections
 import logging
-import re
 import sys
 import threading
 import time
-from collections.abc import Iterable
 from typing import Any, TextIO
 
 import orjson
 
+from .redact import REDACTED as REDACTED  # re-exported: where the scrubbing used to live
+from .redact import add_secrets as add_secrets
+from .redact import redact
+
 FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
-_SECRET_PATTERNS = [
-    re.compile(r"\bsk-[A-Za-z0-9_\-]{6,}"),  # stepplan keys (sk-step-…) and most providers' keys
-    re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=\-]{6,}"),
-    re.compile(r"(?i)\b(x-api-key|api[_-]?key|authorization|x-admin-token)(\W{1,4})[A-Za-z0-9._~+/=\-]{6,}"),
-]
-_secrets: list[str] = []
-REDACTED = "[redacted]"
-
-
-def add_secrets(values: Iterable[str | None]) -> None:
-    """Configured secrets (upstream keys, admin token, signing secret) never appear in a log line."""
-    for v in values:
-        if v and len(v) >= 4 and v not in _secrets:
-            _secrets.append(v)
-    _secrets.sort(key=len, reverse=True)
-
-
-def redact(text: str) -> str:
-    for s in _secrets:
-        if s in text:
-            text = text.replace(s, REDACTED)
-    text = _SECRET_PATTERNS[0].sub(REDACTED, text)
-    text = _SECRET_PATTERNS[1].sub(lambda m: f"{m.group(1)} {REDACTED}", text)
-    return _SECRET_PATTERNS[2].sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+# The scrubbing itself lives in stepplan/redact.py (error bodies use it too); re-exported here.
 
 
 class RedactingFormatter(logging.Formatter):

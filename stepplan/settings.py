@@ -73,6 +73,11 @@ class ServerConfig:
     max_header_bytes: int = 64 * 1024
     header_timeout: float = 15.0
     body_timeout: float = 120.0
+    # what one request body may hold (stepplan.protocols.limits; docs/security.md): 400 naming the limit
+    max_messages: int = 20_000
+    max_tools: int = 1_024
+    max_content_parts: int = 5_000
+    max_string_chars: int = 16 * 1024 * 1024
     # observability (docs/operating.md)
     metrics: bool = True  # record Prometheus metrics and serve /metrics
     metrics_port: int | None = None  # serve /metrics there (no token) instead of on the main port
@@ -100,7 +105,8 @@ class ServerConfig:
             raise ConfigError("max_body_bytes", "must be positive")
         if self.max_concurrency < 1:
             raise ConfigError("max_concurrency", "must be positive")
-        for key in ("max_headers", "max_header_bytes"):
+        for key in ("max_headers", "max_header_bytes", "max_messages", "max_tools", "max_content_parts",
+                    "max_string_chars"):
             if getattr(self, key) < 1:
                 raise ConfigError(key, "must be positive")
         for key in ("header_timeout", "body_timeout", "stream_ping_seconds"):

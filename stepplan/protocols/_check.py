@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 
 from ..errors import InvalidRequest
+from . import limits
 
 INT64 = 2**63  # integers the gateway forwards must fit 64 bits (JSON encoders and upstreams refuse more)
 
@@ -17,15 +18,22 @@ def obj(v: Any, name: str) -> dict[str, Any]:
     return v
 
 
-def lst(v: Any, name: str) -> list[Any]:
+def lst(v: Any, name: str, limit: str | None = None) -> list[Any]:
+    """An array; with ``limit`` (a field of :class:`~.limits.InputLimits`), at most that many items."""
     if not isinstance(v, list):
         raise InvalidRequest(f"'{name}' must be an array", param=name)
+    if limit is not None and len(v) > getattr(limits.current, limit):
+        raise InvalidRequest(f"'{name}' has {len(v)} items; the limit is {limits.current.setting(limit)}",
+                             param=name)
     return v
 
 
 def string(v: Any, name: str) -> str:
     if not isinstance(v, str):
         raise InvalidRequest(f"'{name}' must be a string", param=name)
+    if len(v) > limits.current.max_string_chars:
+        raise InvalidRequest(f"'{name}' is {len(v)} characters long; the limit is "
+                             f"{limits.current.setting('max_string_chars')}", param=name)
     return v
 
 
@@ -85,8 +93,8 @@ def str_list(v: Any, name: str) -> list[str]:
     if v is None:
         return []
     if isinstance(v, str):
-        return [v]
-    items = lst(v, name)
+        return [string(v, name)]
+    items = lst(v, name, "max_content_parts")
     for i, s in enumerate(items):
         string(s, f"{name}[{i}]")
     return items
@@ -102,7 +110,22 @@ def cache_mark(d: dict[str, Any]) -> bool | str:
     if cc is None:
         return False
     ttl = cc.get("ttl") if isinstance(cc, dict) else None
-    return ttl if ttl in CACHE_TTLS else True
+    return ttl if isinstance(ttl, str) and ttl in CACHE_TTLS else True
+
+
+def word_in(v: Any, words: frozenset[str]) -> bool:
+    """Whether a client value is one of ``words`` (False for a non-string: a list or an object
+    sent where a word belongs must not reach a set look-up, which cannot hash it)."""
+    return isinstance(v, str) and v in words
+
+
+def json_text(v: dict[str, Any], name: str) -> str:
+    """A client object as JSON text, or the error naming it (integers beyond 64 bits, nesting
+    deeper than the encoder goes)."""
+    try:
+        return orjson.dumps(v).decode()
+    except orjson.JSONEncodeError as exc:
+        raise InvalidRequest(f"'{name}' cannot be forwarded: {exc}", param=name) from None
 
 
 def tool_input(arguments: str) -> dict[str, Any]:

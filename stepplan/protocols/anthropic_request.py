@@ -17,8 +17,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import orjson
-
 from ..errors import InvalidRequest, UnsupportedContent
 from . import _check as c
 from . import effort as efforts
@@ -98,9 +96,9 @@ def _document(b: dict[str, Any], where: str) -> Document:
     if kind == "content":
         inner = src.get("content")
         if isinstance(inner, str):
-            text = inner
+            text = c.string(inner, f"{where}.source.content")
         else:
-            parts = c.lst(inner, f"{where}.source.content")
+            parts = c.lst(inner, f"{where}.source.content", "max_content_parts")
             text = "\n".join(c.string(c.obj(p, f"{where}.source.content[{i}]").get("text"),
                                       f"{where}.source.content[{i}].text") for i, p in enumerate(parts))
         return Document(media_type="text/plain", text=f"{title}\n\n{text}" if title else text)
@@ -116,7 +114,7 @@ def _document(b: dict[str, Any], where: str) -> Document:
 def _search_result(b: dict[str, Any], where: str) -> Text:
     title = b.get("title") if isinstance(b.get("title"), str) else ""
     source = b.get("source") if isinstance(b.get("source"), str) else ""
-    parts = c.lst(b.get("content") or [], f"{where}.content")
+    parts = c.lst(b.get("content") or [], f"{where}.content", "max_content_parts")
     body = "\n".join(str(c.obj(p, f"{where}.content[{i}]").get("text") or "") for i, p in enumerate(parts))
     head = " — ".join(x for x in (title, source) if x)
     return Text(f"{head}\n{body}" if head else body)
@@ -126,9 +124,9 @@ def _result_content(v: Any, where: str) -> list[Block]:
     if v is None:
         return []
     if isinstance(v, str):
-        return [Text(v)] if v else []
+        return [Text(c.string(v, where))] if v else []
     out: list[Block] = []
-    for i, raw in enumerate(c.lst(v, where)):
+    for i, raw in enumerate(c.lst(v, where, "max_content_parts")):
         w = f"{where}[{i}]"
         b = c.obj(raw, w)
         kind = b.get("type")
@@ -171,7 +169,7 @@ def _block(raw: Any, where: str, role: str, signer: Signer) -> Block | None:
             raise InvalidRequest(f"{where}: tool_use blocks belong in assistant messages", param=f"{where}.type")
         args = b.get("input", {})
         return ToolCall(id=c.string(b.get("id"), f"{where}.id"), name=c.string(b.get("name"), f"{where}.name"),
-                        arguments=orjson.dumps(c.obj(args, f"{where}.input")).decode(), cache=_cache(b))
+                        arguments=c.json_text(c.obj(args, f"{where}.input"), f"{where}.input"), cache=_cache(b))
     if kind == "tool_result":
         if role != "user":
             raise InvalidRequest(f"{where}: tool_result blocks belong in user messages", param=f"{where}.type")
@@ -187,16 +185,16 @@ def _block(raw: Any, where: str, role: str, signer: Signer) -> Block | None:
         return Thinking(data, redacted=True) if role == "assistant" else None
     if kind == "search_result":
         return _marked(_search_result(b, where), b)
-    if kind in SERVER_TOOL_BLOCKS:
+    if c.word_in(kind, SERVER_TOOL_BLOCKS):
         return None
     raise InvalidRequest(f"unknown content block type {kind!r} in {where}", param=f"{where}.type")
 
 
 def _content(v: Any, where: str, role: str, signer: Signer) -> list[Block]:
     if isinstance(v, str):
-        return [Text(v)] if v else []
+        return [Text(c.string(v, where))] if v else []
     out: list[Block] = []
-    for i, raw in enumerate(c.lst(v, where)):
+    for i, raw in enumerate(c.lst(v, where, "max_content_parts")):
         blk = _block(raw, f"{where}[{i}]", role, signer)
         if blk is not None:
             out.append(blk)
@@ -207,9 +205,9 @@ def _system_text(v: Any, where: str) -> list[Text]:
     if v is None:
         return []
     if isinstance(v, str):
-        return [Text(v)] if v else []
+        return [Text(c.string(v, where))] if v else []
     out: list[Text] = []
-    for i, raw in enumerate(c.lst(v, where)):
+    for i, raw in enumerate(c.lst(v, where, "max_content_parts")):
         b = c.obj(raw, f"{where}[{i}]")
         if b.get("type") != "text":
             raise InvalidRequest(f"{where}[{i}] must be a text block", param=f"{where}[{i}].type")
@@ -221,7 +219,7 @@ def _system_text(v: Any, where: str) -> list[Text]:
 
 
 def _decode_messages(raw: Any, signer: Signer) -> tuple[list[Text], list[Message]]:
-    items = c.lst(raw, "messages")
+    items = c.lst(raw, "messages", "max_messages")
     if not items:
         raise InvalidRequest("'messages' must contain at least one message", param="messages")
     leading: list[Text] = []
@@ -248,7 +246,7 @@ def _decode_messages(raw: Any, signer: Signer) -> tuple[list[Text], list[Message
 
 def _decode_tools(raw: Any) -> list[Tool]:
     tools: list[Tool] = []
-    for i, t in enumerate(c.lst(raw, "tools")):
+    for i, t in enumerate(c.lst(raw, "tools", "max_tools")):
         where = f"tools[{i}]"
         t = c.obj(t, where)
         kind = t.get("type")

@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
 from ..errors import InvalidRequest
 from . import _check as c
 from . import effort as efforts
@@ -80,8 +78,8 @@ def _decode_content(content: Any, where: str) -> list[Block]:
     if content is None:
         return []
     if isinstance(content, str):
-        return [Text(content)] if content else []
-    parts = c.lst(content, where)
+        return [Text(c.string(content, where))] if content else []
+    parts = c.lst(content, where, "max_content_parts")
     return [_decode_part(p, f"{where}[{i}]") for i, p in enumerate(parts)]
 
 
@@ -101,12 +99,12 @@ def _mark_last(m: dict[str, Any], blocks: list[Block]) -> list[Block]:
 
 def _decode_tool_calls(raw: Any, where: str) -> list[Block]:
     out: list[Block] = []
-    for i, tc in enumerate(c.lst(raw, where)):
+    for i, tc in enumerate(c.lst(raw, where, "max_tools")):
         tc = c.obj(tc, f"{where}[{i}]")
         fn = c.obj(tc.get("function"), f"{where}[{i}].function")
         args = fn.get("arguments", "")
         if not isinstance(args, str):
-            args = _dumps(c.obj(args, f"{where}[{i}].function.arguments"))
+            args = c.json_text(c.obj(args, f"{where}[{i}].function.arguments"), f"{where}[{i}].function.arguments")
         out.append(ToolCall(
             id=c.string(tc.get("id"), f"{where}[{i}].id"),
             name=c.string(fn.get("name"), f"{where}[{i}].function.name"),
@@ -116,7 +114,7 @@ def _decode_tool_calls(raw: Any, where: str) -> list[Block]:
 
 
 def _decode_messages(raw: Any) -> tuple[list[Text], list[Message]]:
-    items = c.lst(raw, "messages")
+    items = c.lst(raw, "messages", "max_messages")
     if not items:
         raise InvalidRequest("'messages' must contain at least one message", param="messages")
     system: list[Text] = []
@@ -160,7 +158,7 @@ def _decode_messages(raw: Any) -> tuple[list[Text], list[Message]]:
 
 def _decode_tools(raw: Any) -> list[Tool]:
     tools: list[Tool] = []
-    for i, t in enumerate(c.lst(raw, "tools")):
+    for i, t in enumerate(c.lst(raw, "tools", "max_tools")):
         t = c.obj(t, f"tools[{i}]")
         kind = t.get("type", "function")
         if kind == "function":
@@ -399,7 +397,3 @@ def encode_request(req: Request, upstream_model: str, *, stream: bool, replay_re
     if req.effort and req.thinking is not False:
         body["reasoning_effort"] = req.effort
     return body
-
-
-def _dumps(v: Any) -> str:
-    return orjson.dumps(v).decode()

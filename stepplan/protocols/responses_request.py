@@ -30,6 +30,7 @@ import orjson
 from ..errors import InvalidRequest, UnsupportedContent
 from . import _check as c
 from . import effort as efforts
+from . import limits
 from .canonical import Block, Image, Message, Request, Text, Thinking, Tool, ToolCall, ToolChoice, ToolResult
 
 Opener = Callable[[str], Thinking | None]
@@ -115,6 +116,8 @@ class _Tools:
         name = c.string(t.get("name"), f"{where}.name")
         if not name:
             raise InvalidRequest(f"'{where}.name' must not be empty", param=f"{where}.name")
+        if len(self.tools) >= limits.current.max_tools:  # namespaces' tools count too
+            raise InvalidRequest(f"more than {limits.current.setting('max_tools')} tools", param=where)
         desc = c.opt_str(t, "description", f"{where}.description")
         c.opt_bool(t, "strict", f"{where}.strict")  # accepted; not forwarded (as on chat completions)
         if kind == "function":
@@ -133,7 +136,7 @@ class _Tools:
 
 def _decode_tools(raw: Any) -> _Tools:
     out = _Tools()
-    for i, t in enumerate(c.lst(raw, "tools")):
+    for i, t in enumerate(c.lst(raw, "tools", "max_tools")):
         where = f"tools[{i}]"
         t = c.obj(t, where)
         kind = t.get("type")
@@ -141,9 +144,9 @@ def _decode_tools(raw: Any) -> _Tools:
             out.add(t, where)
         elif kind == "namespace":
             ns = c.string(t.get("name"), f"{where}.name")
-            for j, inner in enumerate(c.lst(t.get("tools"), f"{where}.tools")):
+            for j, inner in enumerate(c.lst(t.get("tools"), f"{where}.tools", "max_tools")):
                 out.add(c.obj(inner, f"{where}.tools[{j}]"), f"{where}.tools[{j}]", ns)
-        elif kind in WEB_SEARCH_TYPES:
+        elif c.word_in(kind, WEB_SEARCH_TYPES):
             out.web_search.append(t)
         else:
             raise UnsupportedContent(f"tool type {kind!r} is not supported; define it as a function or custom tool",
@@ -173,14 +176,14 @@ def _decode_tool_choice(v: Any, tools: _Tools) -> ToolChoice | None:
         if mode not in ("auto", "required"):
             raise InvalidRequest("tool_choice.mode must be 'auto' or 'required'", param="tool_choice.mode")
         allowed: set[str] = set()
-        for i, a in enumerate(c.lst(tc.get("tools"), "tool_choice.tools")):
+        for i, a in enumerate(c.lst(tc.get("tools"), "tool_choice.tools", "max_tools")):
             a = c.obj(a, f"tool_choice.tools[{i}]")
             if a.get("type") in ("function", "custom"):
                 allowed.add(_exposed(c.string(a.get("name"), f"tool_choice.tools[{i}].name"),
                                      c.opt_str(a, "namespace", f"tool_choice.tools[{i}].namespace")))
         tools.tools = [t for t in tools.tools if t.name in allowed]
         return ToolChoice(mode)
-    if kind in WEB_SEARCH_TYPES:
+    if c.word_in(kind, WEB_SEARCH_TYPES):
         return ToolChoice("auto")  # a hosted tool the gateway may have to drop; the model chooses
     raise InvalidRequest("tool_choice must be 'auto', 'none', 'required', or an object of type function, custom "
                          "or allowed_tools", param="tool_choice")
@@ -208,9 +211,9 @@ def _parts(content: Any, where: str, *, media: bool) -> list[Block]:
     if content is None:
         return []
     if isinstance(content, str):
-        return [Text(content)] if content else []
+        return [Text(c.string(content, where))] if content else []
     out: list[Block] = []
-    for i, raw in enumerate(c.lst(content, where)):
+    for i, raw in enumerate(c.lst(content, where, "max_content_parts")):
         w = f"{where}[{i}]"
         p = c.obj(raw, w)
         kind = p.get("type")
@@ -302,7 +305,7 @@ def _item(turns: _Turns, it: dict[str, Any], where: str, opener: Opener) -> None
     elif kind == "item_reference":
         raise UnsupportedContent("item_reference input items are not supported; send the item itself or use "
                                  "previous_response_id", param=f"{where}.type")
-    elif kind not in HOSTED_ITEMS:
+    elif not c.word_in(kind, HOSTED_ITEMS):
         raise InvalidRequest(f"unknown input item type {kind!r} in {where}", param=f"{where}.type")
 
 
@@ -387,7 +390,8 @@ def decode_request(body: Any, opener: Opener, history: Sequence[dict[str, Any]] 
     raw_input = b.get("input")
     if raw_input is None:
         raise InvalidRequest("'input' is required: a string or an array of input items", param="input")
-    items = [raw_input] if isinstance(raw_input, str) else c.lst(raw_input, "input")
+    items = [c.string(raw_input, "input")] if isinstance(raw_input, str) else c.lst(raw_input, "input",
+                                                                                  "max_messages")
     turns = _Turns()
     instructions = b.get("instructions")
     if instructions is not None:

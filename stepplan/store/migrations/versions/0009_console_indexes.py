@@ -1,7 +1,7 @@
 """console: web console sessions, and the ledger indexes its pages read by
 
 Revision ID: 0009_console_indexes
-Revises: 0006_responses
+Revises: 0008_admin_audit
 """
 
 import sqlalchemy as sa
