@@ -55,21 +55,45 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.limits: Limits = getattr(config, "stepplan_limits", None) or Limits()
         self._n_headers = 0
         self._header_bytes = 0
+        self._deadline: float | None = None  # when the current wait ends (loop time); None: no wait
+        self._why = ""
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._rejected = False
 
     # ------------------------------------------------------------------ timers
+    # One lazy timer per connection: arming a wait sets a deadline (two attribute writes); the
+    # timer is only (re)scheduled when it would fire after the new deadline. When it fires early
+    # (the deadline moved on) it reschedules itself; with no wait armed it stops. Requests on a
+    # keep-alive connection therefore cost no timer operations, instead of two schedules and two
+    # cancellations each.
     def _arm(self, seconds: float, message: str) -> None:
-        self._disarm()
-        self._timer = self.loop.call_later(seconds, self._expire, message)
+        deadline = self.loop.time() + seconds
+        self._deadline, self._why = deadline, message
+        if self._timer is None or self._timer_at > deadline:
+            self._schedule(deadline)
 
-    def _disarm(self) -> None:
+    def _schedule(self, at: float) -> None:
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
+        self._timer_at = at
+        self._timer = self.loop.call_at(at, self._fire)
+
+    def _disarm(self) -> None:
+        self._deadline = None
+
+    def _fire(self) -> None:
+        self._timer = None
+        deadline = self._deadline
+        if deadline is None:
+            return
+        if deadline > self.loop.time():
+            self._schedule(deadline)
+            return
+        self._deadline = None
+        self._expire(self._why)
 
     def _expire(self, message: str) -> None:
-        self._timer = None
         if self.cycle is not None and not self.cycle.response_complete and self.cycle.more_body is False:
             return  # the request is complete and being answered: never cut a response
         self._reject(RequestTimeout(message))
@@ -92,7 +116,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._arm(self.limits.header_timeout, "the request headers did not arrive in time")
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._deadline = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -116,7 +143,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._n_headers = 0
         self._header_bytes = 0
-        if self._timer is None:
+        if self._deadline is None:
             self._arm(self.limits.header_timeout, "the request headers did not arrive in time")
 
     def on_header(self, name: bytes, value: bytes) -> None:
