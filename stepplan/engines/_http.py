@@ -207,15 +207,13 @@ class HTTPUpstream:
                     ctx: CallContext | None = None, model: str | None = None
                     ) -> tuple[UpstreamResponse, Member, Any]:
         """Send the request and wait for response headers, within the upstream's deadline. Returns the
-        response, the member that answered and, with tracing on, its attempt's open span (else None)."""
-        try:
-            async with asyncio.timeout(self.cfg.deadline):
-                return await self._attempts(path, body, extra, stream, ctx, model)
-        except TimeoutError as exc:
-            if isinstance(exc, GatewayError):
-                raise
-            raise UpstreamTimeout(f"upstream {self.cfg.name} did not answer within its "
-                                  f"{self.cfg.deadline:g}s deadline") from exc
+        response, the member that answered and, with tracing on, its attempt's open span (else None).
+        The deadline needs no timer of its own: each attempt's first-byte timeout is cut to what is
+        left of it, and the waits between attempts are checked against it."""
+        return await self._attempts(path, body, extra, stream, ctx, model)
+
+    def _past_deadline(self) -> UpstreamTimeout:
+        return UpstreamTimeout(f"upstream {self.cfg.name} did not answer within its {self.cfg.deadline:g}s deadline")
 
     async def _attempts(self, path: str, body: dict[str, Any], extra: dict[str, str], stream: bool,
                         ctx: CallContext | None, model: str | None) -> tuple[UpstreamResponse, Member, Any]:
@@ -224,6 +222,8 @@ class HTTPUpstream:
         cfg, pool = self.cfg, self.pool
         name, obs = cfg.name, _observer
         give_up = pool.clock() + cfg.deadline
+        loop = asyncio.get_running_loop()
+        end = loop.time() + cfg.deadline  # the deadline on the event loop's clock (the timeouts')
         tail = (render_headers(extra) if extra else b"") + (_STREAM_ACCEPT if stream else _JSON_ACCEPT)
         bodies: dict[str, bytes] = {}
         session = ctx.session if ctx is not None else None
@@ -255,8 +255,12 @@ class HTTPUpstream:
             member.acquire(now)
             if ctx is not None:
                 ctx.served_by = f"{cfg.name}/{member.name}"
+            left = end - loop.time()
+            limit = cfg.first_byte_timeout if cfg.first_byte_timeout < left else left
             try:
-                async with asyncio.timeout(cfg.first_byte_timeout):
+                if limit <= 0:
+                    raise TimeoutError
+                async with asyncio.timeout(limit):
                     resp = await sender.transport.handle_request(request)
             except StaleConnection as exc:
                 member.release()
@@ -269,6 +273,10 @@ class HTTPUpstream:
                 raise UpstreamError(f"bad answer from upstream {cfg.name}: {exc}") from exc
             except (TimeoutError, HTTPError) as exc:
                 member.release()
+                if limit < cfg.first_byte_timeout and type(exc) is TimeoutError:  # the call's deadline passed
+                    member.probing = False
+                    _end(span, "deadline")
+                    raise self._past_deadline() from exc
                 attempt += 1
                 last_delay = backoff(member.failures, None)
                 member.failed(last_delay, pool.clock())
@@ -297,9 +305,14 @@ class HTTPUpstream:
                 return resp, member, span
             member.release()
             try:
-                raw = await resp.read()
+                async with asyncio.timeout(max(0.0, end - loop.time())):  # an error's body, within the deadline
+                    raw = await resp.read()
             except HTTPError:
                 raw = b""
+            except TimeoutError as exc:
+                resp.close()
+                _end(span, "deadline")
+                raise self._past_deadline() from exc
             retry_after = parse_retry_after(resp.headers.get("retry-after"))
             obs.upstream_error(name, _status_kind(resp.status),
                                resp.status in RETRY_STATUSES and attempt + 1 <= cfg.max_retries)
