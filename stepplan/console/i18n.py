@@ -174,7 +174,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
                         "Labels: key=value, one per line (added to the key's labels).",
                         "留空表示不修改；勾选“清除”表示删除该限制。过期时间：日期（2027-01-01）、日期时间或时长（30d）。"
                         "模型和 IP 网段用逗号分隔。标签：每行一个 key=value（合并到已有标签）。"),
-    "clear": ("clear", "清除"),
+    "clear_setting": ("clear", "清除"),
     "save": ("Save", "保存"),
     "rotate": ("Rotate", "轮换"),
     "rotate_help": ("A new key with the same settings, shown once; the old key keeps working for the grace "
