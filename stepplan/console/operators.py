@@ -275,8 +275,8 @@ def _form_changes(ctx: Ctx) -> dict[str, Any]:
         if ctx.form.get(f"clear_{name}") == "1":
             values[name] = None
         elif raw:
-            if name == "labels":  # one key=value per line (or separated by commas)
-                values[name] = [p.strip() for line in raw.splitlines() for p in line.split(",") if p.strip()]
+            if name == "labels":  # one key=value per line (a value may contain commas)
+                values[name] = [line.strip() for line in raw.splitlines() if line.strip()]
             else:
                 values[name] = raw
     return values

@@ -228,6 +228,22 @@ def test_account_names_with_a_slash_open(cgw: Gateway) -> None:
     assert "Flash Mini" in c.page("/console/admin/accounts/c-team%2Fa%20b")
 
 
+def test_operator_sign_in_with_database_tokens_only(tmp_path: Path, fake: FakeUpstream) -> None:
+    """Without STEPPLAN_ADMIN_TOKEN, operator sign-in is off until an admin token is created, as the
+    admin API is; then that token signs in."""
+    gw = make_gateway(tmp_path, fake, extra=CONSOLE)
+    gw.start()
+    try:
+        c = Console(gw)
+        assert c.get("/console/admin/signin").status_code == 404
+        made = admin_token(gw, "c-only", "write")
+        assert c.signin_admin(made["token"]).status_code == 303
+        assert "Operator: c-only" in c.page("/console/admin/accounts")
+        assert c.post("/console/admin/accounts", {"name": "c-only-co"}).status_code == 303
+    finally:
+        gw.stop()
+
+
 @pytest.mark.redis
 def test_console_revocation_is_announced_on_redis(tmp_path: Path, fake: FakeUpstream) -> None:
     """A key revoked in the console is published on the revocation channel (other processes drop it)."""
