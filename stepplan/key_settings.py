@@ -168,6 +168,36 @@ def parse_setting(name: str, raw: Any, now: int, models: Iterable[str]) -> tuple
     raise ValueError(f"unknown key setting {name!r}; known: {', '.join(SETTINGS)}")
 
 
+class SettingError(ValueError):
+    """A setting that does not parse; ``param`` names it (the admin API's error ``param``)."""
+
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.param = param
+
+
+def parse_changes(values: dict[str, Any], now: int, models: Iterable[str], *, clearing: bool) -> dict[str, Any]:
+    """The settings present in ``values`` (setting name → raw value; None clears it when
+    ``clearing``, else is skipped) → api_keys column → value, ready for
+    :func:`stepplan.store.keys.update_key`. The admin API and the console both go through here."""
+    known = list(models)
+    out: dict[str, Any] = {}
+    for name in SETTINGS:
+        if name not in values:
+            continue
+        raw = values[name]
+        if raw is None:
+            if clearing:
+                out[COLUMNS[name]] = CLEARED[COLUMNS[name]]
+            continue
+        try:
+            column, value = parse_setting(name, raw, now, known)
+        except ValueError as exc:
+            raise SettingError(name, str(exc)) from None
+        out[column] = value
+    return out
+
+
 def parse_since(raw: str | None, now: int) -> int | None:
     """A ``since`` bound (audit log): an ISO date or date-time, or a duration back from ``now`` (24h, 7d)."""
     if raw is None or not raw.strip():

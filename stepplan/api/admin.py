@@ -27,7 +27,6 @@ audit log in its own transaction. Key settings (``expires``, ``models``, ``rpm``
 
 from __future__ import annotations
 
-import hmac
 from typing import Any
 
 from starlette.requests import Request as HTTPRequest
@@ -39,11 +38,11 @@ from ..billing.plans import yuan
 from ..billing.pricing import credits_str
 from ..billing.usage import account_usage
 from ..errors import AuthError, InvalidRequest, NotFound, PermissionDenied
-from ..key_settings import CLEARED, COLUMNS, SETTINGS, parse_duration, parse_setting, parse_since
+from ..key_settings import SETTINGS, SettingError, parse_changes, parse_duration, parse_since
 from ..store import accounts as acc
 from ..store import keys as key_store
 from ..store import ledger
-from ..store.admin_tokens import any_tokens, lookup_token
+from ..store.admin_tokens import any_tokens, verify_admin_token
 from ..store.audit_log import list_audit, record, subscription_state
 from .common import read_json
 from .responses import JSONResponse
@@ -60,19 +59,17 @@ async def _guard(request: HTTPRequest) -> str:
     auth = h.get("authorization", "")
     if not given and auth.lower().startswith("bearer "):
         given = auth[7:].strip()
-    if env_token and given and hmac.compare_digest(given.encode(), env_token.encode()):
-        return "admin:env"
-    async with request.app.state.sessions() as s:
-        found = await lookup_token(s, given) if given else None
-        if found is None:
+    found = await verify_admin_token(request.app.state.sessions, env_token, given)
+    if found is None:
+        async with request.app.state.sessions() as s:
             if not env_token and not await any_tokens(s):
                 raise NotFound(f"no route for {request.method} {request.url.path}")
-            raise AuthError("invalid admin token: send 'Authorization: Bearer <admin token>' "
-                            "(STEPPLAN_ADMIN_TOKEN or one made by 'stepplan admin-token create')")
-    name, scope = found
-    if request.method not in ("GET", "HEAD") and scope != "write":
-        raise PermissionDenied(f"admin token '{name}' has the read scope; {request.method} needs a write token")
-    return f"admin:{name}"
+        raise AuthError("invalid admin token: send 'Authorization: Bearer <admin token>' "
+                        "(STEPPLAN_ADMIN_TOKEN or one made by 'stepplan admin-token create')")
+    if request.method not in ("GET", "HEAD") and not found.can_write:
+        raise PermissionDenied(f"admin token '{found.name}' has the read scope; {request.method} needs a write "
+                               "token")
+    return f"admin:{found.name}"
 
 
 async def _body(request: HTTPRequest) -> dict[str, Any]:
@@ -151,27 +148,17 @@ def _key_settings(request: HTTPRequest, body: dict[str, Any], clearing: bool) ->
     if unknown:
         raise InvalidRequest(f"unknown field '{unknown[0]}'; key settings are: {', '.join(SETTINGS)}",
                              param=unknown[0])
-    models = [m.id for m in request.app.state.settings.catalog.public()]
-    now = billing_clock(request).now()
-    out: dict[str, Any] = {}
     for name in SETTINGS:
-        if name not in body:
-            continue
-        raw = body[name]
-        if raw is None:
-            if clearing:
-                out[COLUMNS[name]] = CLEARED[COLUMNS[name]]
-            continue
-        if name in ("models", "ip") and not isinstance(raw, (str, list)):
+        raw = body.get(name)
+        if name in ("models", "ip") and raw is not None and not isinstance(raw, (str, list)):
             raise InvalidRequest(f"'{name}' must be a list of strings", param=name)
-        if name == "labels" and not isinstance(raw, dict):
+        if name == "labels" and raw is not None and not isinstance(raw, dict):
             raise InvalidRequest("'labels' must be an object of strings", param=name)
-        try:
-            column, value = parse_setting(name, raw, now, models)
-        except ValueError as exc:
-            raise InvalidRequest(str(exc), param=name) from None
-        out[column] = value
-    return out
+    models = [m.id for m in request.app.state.settings.catalog.public()]
+    try:
+        return parse_changes(body, billing_clock(request).now(), models, clearing=clearing)
+    except SettingError as exc:
+        raise InvalidRequest(str(exc), param=exc.param) from None
 
 
 def _key_id(request: HTTPRequest) -> int:

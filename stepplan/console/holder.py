@@ -4,16 +4,35 @@ query takes the account from the session: a holder never reaches another account
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
+from typing import Any
 
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
 from ..api.usage import billing_config
 from ..billing.usage import account_usage
 from ..store import accounts as acc
+from ..store import keys as key_store
+from ..store.audit_log import record
+from ..store.models import ApiKey
 from . import charts, queries
 from . import security as sec
 from .snippets import snippets
-from .web import ConsoleError, Ctx, base_url, date_param, day_label, int_param, limiter, log, page, redirect, render
+from .web import (
+    ConsoleError,
+    Ctx,
+    actor,
+    base_url,
+    date_param,
+    day_label,
+    int_param,
+    limiter,
+    log,
+    page,
+    redirect,
+    render,
+)
 
 ROUTER_MODEL = "step-router-v1"
 RANGES = (7, 30, 90)
@@ -190,12 +209,25 @@ async def calls(ctx: Ctx) -> Response:
     return render(ctx, "calls.html", rows=rows, params=params, older=older)
 
 
+async def key_views(s: AsyncSession, rows: Sequence[tuple[ApiKey, str]], now: int) -> list[dict[str, Any]]:
+    """Keys as :func:`stepplan.store.keys.key_view` shows them (every per-key setting, status,
+    rotation), with ``last_used_at`` from the ledger when that is newer than the batched column."""
+    used = await queries.last_used(s, [k.id for k, _ in rows])
+    out = []
+    for k, account in rows:
+        view = key_store.key_view(k, account, now)
+        view["last_used_at"] = max(view["last_used_at"] or 0, used.get(k.id, 0)) or None
+        out.append(view)
+    return out
+
+
 async def _keys_page(ctx: Ctx, new_key: str | None = None) -> Response:
     aid = _account_id(ctx)
     async with ctx.state.sessions() as s:
-        keys = await queries.account_keys(s, aid)
-        used = await queries.last_used(s, [k.id for k in keys])
-    return render(ctx, "keys.html", keys=keys, used=used, self_service=ctx.cfg.self_service_keys, new_key=new_key,
+        account = await queries.account_by_id(s, aid)
+        keys = await key_views(s, [(k, account.name if account else "") for k in await queries.account_keys(s, aid)],
+                               ctx.now)
+    return render(ctx, "keys.html", keys=keys, self_service=ctx.cfg.self_service_keys, new_key=new_key,
                   own_key=ctx.session.key_id if ctx.session else None)
 
 
@@ -210,9 +242,11 @@ async def keys(ctx: Ctx) -> Response:
         account = await queries.account_by_id(s, _account_id(ctx))
         if account is None:
             raise ConsoleError("the account no longer exists", 404)
-        _, key = await acc.create_key(s, account, label)
+        row, key = await acc.create_key(s, account, label)
+        await record(s, await actor(ctx, s), "key.create", f"key:{row.id}", None,
+                     key_store.key_view(row, account.name, ctx.now), ctx.now)
         await s.commit()
-    ctx.state.gateway.auth.invalidate()
+    await ctx.state.gateway.auth.announce()
     return await _keys_page(ctx, new_key=key)
 
 
@@ -226,9 +260,16 @@ async def revoke_key(ctx: Ctx) -> Response:
         row = await queries.key_of_account(s, key_id, _account_id(ctx))
         if row is None:  # another account's key looks exactly like a missing one
             raise ConsoleError(f"no key with id {key_id} in your account", 404)
-        await acc.revoke_key(s, key_id)
+        account = await queries.account_by_id(s, _account_id(ctx))
+        name = account.name if account else ""
+        before = key_store.key_view(row, name, ctx.now)
+        who = await actor(ctx, s)  # before the revocation: the holder may be revoking the key it signed in with
+        if await acc.revoke_key(s, key_id):
+            await s.refresh(row)
+            await record(s, who, "key.revoke", f"key:{key_id}", before, key_store.key_view(row, name, ctx.now),
+                         ctx.now)
         await s.commit()
-    ctx.state.gateway.auth.invalidate()
+    await ctx.state.gateway.auth.announce()  # every process drops the key at once (Redis), this one now
     return redirect(ctx, "/console/keys")
 
 

@@ -154,6 +154,40 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "yearly": ("yearly", "年付"),
     "signed_in_as": ("Signed in as", "当前账户"),
     "operator": ("Operator", "运营者"),
+    "read_only": ("read-only", "只读"),
+    "read_only_note": ("Signed in with a read token: these pages are read-only.",
+                       "当前使用只读令牌登录：页面仅可查看。"),
+    "expired": ("Expired", "已过期"),
+    "rotated": ("Rotated (in grace)", "已轮换（宽限期内）"),
+    "replaced": ("Replaced", "已被替换"),
+    "key": ("Key", "Key"),
+    "models": ("Models", "模型"),
+    "credit_limit_daily": ("Credit per day", "每日 Credit 上限"),
+    "credit_limit_monthly": ("Credit per month", "每月 Credit 上限"),
+    "ip": ("IP allowlist", "IP 白名单"),
+    "labels": ("Labels", "标签"),
+    "replaced_by": ("Replaced by key", "替换为 Key"),
+    "no_limits": ("none (the plan's limits apply)", "无（按套餐限制）"),
+    "set_limits": ("Set or clear limits", "设置或清除限制"),
+    "set_limits_help": ("A blank field leaves the setting as it is; tick “clear” to remove it. Expiry: a date "
+                        "(2027-01-01), a date-time or a duration (30d). Models and IP networks: separated by commas. "
+                        "Labels: key=value, one per line (added to the key's labels).",
+                        "留空表示不修改；勾选“清除”表示删除该限制。过期时间：日期（2027-01-01）、日期时间或时长（30d）。"
+                        "模型和 IP 网段用逗号分隔。标签：每行一个 key=value（合并到已有标签）。"),
+    "clear_setting": ("clear", "清除"),
+    "save": ("Save", "保存"),
+    "rotate": ("Rotate", "轮换"),
+    "rotate_help": ("A new key with the same settings, shown once; the old key keeps working for the grace "
+                    "(0s: revoked at once).",
+                    "生成设置相同的新 Key（仅显示一次）；旧 Key 在宽限期内仍可用（0s：立即吊销）。"),
+    "grace": ("Grace", "宽限期"),
+    "rotated_from": ("Replaces key", "替换 Key"),
+    "old_key_until": ("The old key works until", "旧 Key 有效至"),
+    "old_key_revoked": ("The old key is revoked.", "旧 Key 已吊销。"),
+    "stop_renewal": ("Stop auto-renewal", "取消自动续费"),
+    "stop_renewal_help": ("The term runs to its end; no refund.", "当前周期仍有效至结束，不退款。"),
+    "details": ("Details", "详情"),
+    "known_models": ("Models of this gateway", "本网关的模型"),
 }
 
 

@@ -5,7 +5,9 @@ tokens, response headers, and the sign-in rate limit.
   derived from the gateway's signing secret. The table holds the token's SHA-256 only; a
   session ends when it expires (``[console] session_hours``) or is signed out (``revoked_at``),
   in every worker at once. A key holder's session also ends when the key it used is revoked;
-  an operator's when the admin token changes.
+  an operator's when the admin token it signed in with stops being accepted: the env token
+  (``STEPPLAN_ADMIN_TOKEN``) changes, or the ``stepplan admin-token`` token is revoked. Every
+  request re-reads the token's row, so its scope and name are the current ones.
 * CSRF: every state-changing form carries a token. Signed in, it is an HMAC of the session
   token (bound to the session); on the sign-in forms it is a double-submit cookie.
 * Cookies are HttpOnly, SameSite=Strict, Path=/console, and Secure when the request came over
@@ -25,7 +27,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import Response
 
-from ..store.models import ApiKey, ConsoleSession
+from ..store.admin_tokens import ENV_NAME, active_token
+from ..store.models import AdminToken, ApiKey, ConsoleSession
 
 SESSION_COOKIE = "stepplan_console"
 PRE_COOKIE = "stepplan_console_csrf"  # double-submit token of the sign-in forms
@@ -96,7 +99,15 @@ def clear_cookie(response: Response, name: str, *, secure: bool) -> None:
 
 
 def admin_fingerprint(key: bytes, admin_token: str) -> str:
+    """The env admin token's fingerprint (64 hex): a session opened with it ends when it changes."""
     return hmac.new(key, b"admin:" + admin_token.encode(), hashlib.sha256).hexdigest()
+
+
+def db_token_fingerprint(key: bytes, row: AdminToken) -> str:
+    """``db:<id>:<mac>`` for a token of ``admin_tokens``: the session re-reads that row (revoked →
+    the session ends) and the MAC binds it to the token's hash, not just to a row number."""
+    mac = hmac.new(key, b"admin-db:" + row.hash.encode(), hashlib.sha256).hexdigest()[:40]
+    return f"db:{row.id}:{mac}"
 
 
 # ------------------------------------------------------------------------------------------- sessions
@@ -107,27 +118,43 @@ class Session:
     account_id: int | None
     key_id: int | None
     expires_at: int
+    admin_name: str | None = None  # an operator's admin token: its name (audit actor) and scope
+    scope: str | None = None
+
+    @property
+    def can_write(self) -> bool:
+        return self.kind == "operator" and self.scope == "write"
 
 
 async def open_session(s: AsyncSession, kind: str, now: int, ttl: int, *, account_id: int | None = None,
-                       key_id: int | None = None, admin_fp: str | None = None) -> Session:
+                       key_id: int | None = None, admin_fp: str | None = None, admin_name: str | None = None,
+                       scope: str | None = None) -> Session:
     """A new session row (expired rows are swept on the way); the caller commits."""
     await s.execute(delete(ConsoleSession).where(ConsoleSession.expires_at < now - 86400))
     token = secrets.token_urlsafe(32)
     s.add(ConsoleSession(id=digest(token), kind=kind, account_id=account_id, key_id=key_id, admin_fp=admin_fp,
                          created_at=now, expires_at=now + ttl))
-    return Session(token, kind, account_id, key_id, now + ttl)
+    return Session(token, kind, account_id, key_id, now + ttl, admin_name, scope)
 
 
-async def load_session(s: AsyncSession, token: str, now: int, admin_fp: str | None) -> Session | None:
+async def load_session(s: AsyncSession, token: str, now: int, key: bytes, env_fp: str | None) -> Session | None:
     """The live session of ``token``: not expired, not signed out; a holder's key not revoked;
-    an operator's admin token unchanged (``admin_fp`` is the current one, None when unset)."""
+    an operator's admin token still accepted (``env_fp``: the env token's current fingerprint,
+    None when unset; a database token: its row not revoked)."""
     row = (await s.execute(select(ConsoleSession).where(ConsoleSession.id == digest(token)))).scalar_one_or_none()
     if row is None or row.revoked_at is not None or row.expires_at <= now:
         return None
     if row.kind == "operator":
-        if admin_fp is None or not same(row.admin_fp, admin_fp):
+        fp = row.admin_fp or ""
+        if fp.startswith("db:"):
+            raw_id = fp.split(":")[1]
+            tok = await active_token(s, int(raw_id)) if raw_id.isdigit() else None
+            if tok is None or not same(fp, db_token_fingerprint(key, tok)):
+                return None
+            return Session(token, row.kind, None, None, row.expires_at, tok.name, tok.scope)
+        if env_fp is None or not same(fp, env_fp):
             return None
+        return Session(token, row.kind, None, None, row.expires_at, ENV_NAME, "write")
     elif row.kind == "holder":
         q = select(ApiKey.id).where(ApiKey.id == row.key_id, ApiKey.account_id == row.account_id,
                                     ApiKey.revoked_at.is_(None))

@@ -12,12 +12,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.requests import Request as HTTPRequest
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from ..api.usage import billing_clock
 from ..errors import GatewayError
 from ..settings import ConsoleConfig
+from ..store.models import ApiKey
 from . import i18n
 from . import security as sec
 
@@ -141,6 +144,7 @@ def render(ctx: Ctx, template: str, status: int = 200, **values: Any) -> Respons
     params = {k: v for k, v in req.query_params.items() if k != "lang"}
     html = env().get_template(template).render(
         t=ctx.t, lang=ctx.lang, session=ctx.session, csrf=ctx.csrf, path=here,
+        can_write=ctx.session is not None and ctx.session.can_write,
         lang_url={lg: here + "?" + urlencode({**params, "lang": lg}) for lg in i18n.LANGS}, **values)
     return finish(ctx, HTMLResponse(html, status_code=status))
 
@@ -188,6 +192,10 @@ def page(kind: str | None) -> Callable[[Page], Callable[[HTTPRequest], Awaitable
                     if ctx.session is None or kind not in (ctx.session.kind, "any"):
                         ctx.session = None
                         return redirect(ctx, "/console/admin/signin" if kind == "operator" else "/console/signin")
+                    if kind == "operator" and request.method == "POST" and not ctx.session.can_write:
+                        raise ConsoleError(f"admin token '{ctx.session.admin_name}' has the read scope: the "
+                                           "operator pages are read-only; sign in with a write token to change "
+                                           "anything", 403)
                 if request.method == "POST":
                     ctx.form = await read_form(request)
                     check_csrf(ctx)
@@ -222,7 +230,18 @@ async def current_session(ctx: Ctx) -> sec.Session | None:
     if token is None:
         return None
     async with ctx.state.sessions() as s:
-        return await sec.load_session(s, token, ctx.now, admin_fp(ctx))
+        return await sec.load_session(s, token, ctx.now, ctx.key, admin_fp(ctx))
+
+
+async def actor(ctx: Ctx, s: AsyncSession) -> str:
+    """The audit log's actor of this session: ``console:<admin token name>`` for an operator,
+    ``console:key:<prefix of the key signed in with>`` for a key holder."""
+    sess = ctx.session
+    assert sess is not None
+    if sess.kind == "operator":
+        return f"console:{sess.admin_name}"
+    prefix = (await s.execute(select(ApiKey.prefix).where(ApiKey.id == sess.key_id))).scalar()
+    return f"console:key:{prefix}"
 
 
 def int_param(raw: str, name: str, *, lo: int = 0, hi: int = 2**62) -> int | None:

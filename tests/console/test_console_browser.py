@@ -200,3 +200,27 @@ def test_wrong_key_and_csrf_less_post_refused_in_the_browser(browser: Any, cgw: 
                      headers={"authorization": f"Bearer {ADMIN}"}).json()["data"]
     assert [k["name"] for k in keys if k["name"] == "forged"] == []
     tab.close()
+
+
+def test_operator_sets_a_key_limit_in_the_browser(browser: Any, cgw: Gateway) -> None:
+    key = cgw.new_key("b-limits")
+    rows = httpx.get(f"{cgw.url}/admin/v1/keys", params={"account": "b-limits"},
+                     headers={"authorization": f"Bearer {ADMIN}"}).json()["data"]
+    kid = rows[0]["id"]
+    tab = Tab(browser, cgw, "10.8.0.5")
+    tab.go("/console/admin/signin")
+    tab.page.fill("#admin_token", ADMIN)
+    tab.page.click("#signin")
+    tab.page.wait_for_url("**/console/admin/accounts")
+    tab.go(f"/console/admin/keys/{kid}")
+    tab.page.fill("#set-models", "step-router-v1")
+    tab.page.fill("#set-rpm", "30")
+    tab.page.click("#save-limits")
+    tab.page.wait_for_url(f"**/console/admin/keys/{kid}?done=updated")
+    assert tab.page.locator('[data-setting="models"]').inner_text() == "step-router-v1"
+    assert tab.page.locator('[data-setting="rpm"]').inner_text() == "30"
+    tab.shot("admin-key")
+    r = httpx.post(f"{cgw.openai_base}/chat/completions", headers={"authorization": f"Bearer {key}"}, timeout=30,
+                   json={"model": "step-3.5-flash", "messages": [{"role": "user", "content": "hi"}]})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "permission_denied"
+    tab.close()

@@ -27,3 +27,11 @@ def test_console_can_be_switched_off() -> None:
     s = Settings()
     s.console.enabled = False
     assert not [r for r in routes(s) if r.path.startswith("/console")]
+
+
+def test_message_ids_do_not_shadow_dict_methods() -> None:
+    """Templates read messages as ``t.NAME``; Jinja resolves a dict's attribute first, so an id such as
+    ``clear`` or ``items`` would render the bound method instead of the text."""
+    from stepplan.console.i18n import MESSAGES
+
+    assert [k for k in MESSAGES if hasattr(dict, k)] == []
