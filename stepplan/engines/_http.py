@@ -237,6 +237,10 @@ class HTTPUpstream:
                 if member is None:  # every member is cooling down: wait for the first back
                     soonest = pool.soonest()
                     assert soonest is not None
+                    if soonest.credentials_rejected:  # waiting cannot help: its key is wrong until an operator acts
+                        raise UpstreamError(f"upstream {cfg.name} rejected the gateway's credentials; the "
+                                            "gateway's operator must check its upstream API key",
+                                            upstream_status=401)
                     wait = min(max(last_delay, soonest.cooldown_until - pool.clock()), cfg.cooldown_max)
                     if pool.clock() + wait > give_up:
                         raise UpstreamError(f"every member of upstream {cfg.name} is cooling down "
@@ -319,10 +323,15 @@ class HTTPUpstream:
             _end(span, f"HTTP {resp.status}")
             if resp.status in (401, 403):  # the member's key is refused: out of rotation, try another member
                 attempt += 1
-                member.rejected(pool.clock())
                 failed.append(member)
-                log.error("upstream %s member %s: HTTP %d, the upstream refused its credentials; out of rotation "
-                          "for %gs (check its api_key)", cfg.name, member.name, resp.status, cfg.cooldown_max)
+                if len(pool.members) > 1:  # another member can serve; a pool of one stays in (it has no
+                    member.rejected(pool.clock())  # alternative, and a fixed key must work at once)
+                    log.error("upstream %s member %s: HTTP %d, the upstream refused its credentials; out of "
+                              "rotation for %gs (check its api_key)", cfg.name, member.name, resp.status,
+                              cfg.cooldown_max)
+                else:
+                    log.error("upstream %s: HTTP %d, the upstream refused the gateway's credentials (check its "
+                              "api_key)", cfg.name, resp.status)
                 other = pool.pick(session, failed) if attempt <= cfg.max_retries else None
                 if other is not None:
                     member = other
