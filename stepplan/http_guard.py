@@ -53,7 +53,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         self.limits: Limits = getattr(config, "stepplan_limits", None) or Limits()
-        self._n_headers = 0
+        self._in_head = True  # the current request's headers are still arriving
         self._header_bytes = 0
         self._deadline: float | None = None  # when the current wait ends (loop time); None: no wait
         self._why = ""
@@ -123,9 +123,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        """Header bytes are counted per network read (not per header: no Python call per header);
+        a read that completes the headers is not checked, so a body in the same read never counts.
+        A request whose headers have not ended after ``max_header_bytes`` gets its 431 at most one
+        read late."""
         if self._rejected:
             return
+        if self._in_head:
+            self._header_bytes += len(data)
         super().data_received(data)
+        if self._in_head and self._header_bytes > self.limits.max_header_bytes and not self._rejected:
+            self._reject(HeadersTooLarge(f"request headers larger than {self.limits.max_header_bytes} bytes"))
 
     def send_400_response(self, msg: str) -> None:
         """The parser refused the request: answer in JSON, in the protocol of its path."""
@@ -141,24 +149,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # ------------------------------------------------------------------ parser callbacks
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._n_headers = 0
+        self._in_head = True
         self._header_bytes = 0
         if self._deadline is None:
             self._arm(self.limits.header_timeout, "the request headers did not arrive in time")
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._n_headers += 1
-        self._header_bytes += len(name) + len(value)
-        if self._n_headers > self.limits.max_headers:
-            self._reject(HeadersTooLarge(f"more than {self.limits.max_headers} request headers"))
-            raise ValueError("too many headers")
-        if self._header_bytes > self.limits.max_header_bytes:
-            self._reject(HeadersTooLarge(f"request headers larger than {self.limits.max_header_bytes} bytes"))
-            raise ValueError("headers too large")
-        super().on_header(name, value)
-
     def on_headers_complete(self) -> None:
+        self._in_head = False
         self._disarm()
+        if len(self.headers) > self.limits.max_headers:
+            self._reject(HeadersTooLarge(f"more than {self.limits.max_headers} request headers"))
+            raise ValueError("too many headers")  # stops the parser (it answers nothing more: rejected)
         super().on_headers_complete()
         if self.cycle is not None and self.cycle.more_body and not self._rejected:
             self._arm(self.limits.body_timeout, "the request body did not arrive in time")
