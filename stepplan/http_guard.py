@@ -4,7 +4,7 @@ uvicorn's httptools protocol accepts any number of headers of any size and waits
 for headers or a body that trickle in (slow-loris). :class:`GuardedHttpToolsProtocol` is the
 same protocol with four limits (defaults in :class:`Limits`, set from ``[server]``):
 
-* ``max_headers`` and ``max_header_bytes`` (names + values of one request): exceeded → 431;
+* ``max_headers`` and ``max_header_bytes`` (the request head as it arrives): exceeded → 431;
 * ``header_timeout``: a connection must deliver a request's complete headers this many seconds
   after it opened (or after the previous response) → otherwise 408 and closed;
 * ``body_timeout``: a request's body must be complete this many seconds after its headers → 408.
