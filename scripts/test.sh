@@ -14,7 +14,7 @@ if [ $# -gt 0 ]; then
   exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 fi
 rc=0
-.venv/bin/python -m pytest -q -p no:cacheprovider --ignore=tests/agents || rc=$?
+.venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 --ignore=tests/agents || rc=$?
 # Each agent's file runs in one worker (an agent never runs beside itself); every worker has its
 # own fake upstream and gateways (session fixtures are per worker).
 .venv/bin/python -m pytest -q -p no:cacheprovider -n "${STEPPLAN_AGENT_WORKERS:-3}" --dist loadfile tests/agents \
