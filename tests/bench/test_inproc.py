@@ -1,0 +1,28 @@
+"""A call leaves no cyclic garbage: ``bench/inproc.py --garbage`` runs real calls in process with the
+cycle collector off and lists what they left in reference cycles. A per-call cycle costs collector
+time on every call (a recursive closure per call did, issue 12), and a per-stream ``Connection`` in the
+list means the upstream connection was not reused (every stream used to open a new one)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("scenario", ["json", "sse", "anthropic_sse"])
+def test_calls_leave_no_cyclic_garbage_and_streams_reuse_their_connection(scenario: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "inproc.py"), "--scenario", scenario, "--calls", "128",
+                          "--concurrency", "8", "--warmup", "32", "--garbage"],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:] + out.stdout[-500:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["failures"] == 0 and result["calls"] == 128
+    assert result["cyclic_garbage_per_call"] == {}, result
