@@ -357,10 +357,13 @@ class Gateway:
         self.signer = signer
         self.router = router
         self.reasoning = ReasoningStore()
-        try:
-            self._prices: PriceBook | None = PriceBook(self.catalog)
-        except ValueError:  # bad prices fail start-up where billing is on; metering off: nothing to guard
-            self._prices = None
+        core = getattr(meter, "core", None)  # the credit meter's price book, built once at start-up
+        self._prices: PriceBook | None = getattr(core, "prices", None)
+        if self._prices is None:  # metering off: the bound still guards what is logged as usage
+            try:
+                self._prices = PriceBook(self.catalog)
+            except ValueError:  # bad prices fail start-up where billing is on; metering off: nothing to guard
+                self._prices = None
 
     def billable(self, spec: ModelSpec, usage: Usage) -> bool:
         """Whether an upstream's usage can be billed as reported (its cost fits the ledger)."""
