@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .api import openai as openai_api
 from .api import openai_responses as responses_api
-from .api.common import error_response, is_anthropic_path, new_trace_id
+from .api.common import error_response, internal_error, is_anthropic_path, new_trace_id
 from .api.openapi import document_bytes as openapi_document_bytes
 from .api.responses import JSONResponse
 from .auth import Authenticator
@@ -71,7 +71,7 @@ def guarded(handler: Handler, protocol: str | None = None) -> Handler:
             log.exception("trace=%s unhandled error on %s", trace, path)
             if protocol is not None and not admitted.get():
                 _observer(request).rejected(protocol, "internal_error")
-            err = GatewayError(f"internal error; quote trace id {trace} when reporting it")
+            err = internal_error(trace)
             return error_response(err, trace, anthropic)
 
     return run

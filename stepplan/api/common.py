@@ -102,6 +102,11 @@ async def authenticate(request: HTTPRequest) -> KeyInfo:
     return await auth.authenticate(key_from_headers(h.get("authorization"), h.get("x-api-key")), client)
 
 
+def internal_error(trace: str) -> GatewayError:
+    """What a client sees for a gateway bug: a 500 ``internal_error`` naming the trace id."""
+    return GatewayError(f"internal error; quote trace id {trace} when reporting it")
+
+
 def is_anthropic_path(path: str) -> bool:
     return "/messages" in path
 
@@ -196,7 +201,7 @@ async def sse_body(call: Call, enc: StreamCodec, error_body: Callable[[GatewayEr
         yield enc.error(error_body(exc))
     except Exception:  # a bug must still end the stream in protocol, not as a cut connection
         log.exception("trace=%s stream failed", trace)
-        yield enc.error(error_body(GatewayError(f"internal error; quote trace id {trace} when reporting it")))
+        yield enc.error(error_body(internal_error(trace)))
     finally:
         await stream.aclose()
 
@@ -254,6 +259,10 @@ async def pinged_body(opening: asyncio.Task[Any], ping: bytes, interval: float, 
             opening.result()
         except GatewayError as exc:
             yield enc.error(error_body(exc))
+            return
+        except Exception:  # a bug before the first event: still an in-protocol end, never a cut stream
+            log.exception("trace=%s stream failed before its first event", call.trace_id)
+            yield enc.error(error_body(internal_error(call.trace_id)))
             return
         served = served_comment(call)
         if served:
