@@ -54,7 +54,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,8 +132,10 @@ class Proc:
     """A child process in its own session; stopped by signalling its process group (its own pid)."""
 
     registry: list[Proc] = []
+    target_cpus: set[int] | None = None  # --pin: the measured target's CPUs (the rest run elsewhere)
 
-    def __init__(self, name: str, cmd: list[str], logdir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, name: str, cmd: list[str], logdir: Path, env: dict[str, str] | None = None,
+                 target: bool = False) -> None:
         self.name = name
         self.log_path = logdir / f"{name}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -144,6 +146,7 @@ class Proc:
             env={**os.environ, **(env or {})},
             cwd=str(ROOT),
             start_new_session=True,
+            preexec_fn=_pin_to(Proc.target_cpus) if target and Proc.target_cpus else None,
         )
         self.pid = self.popen.pid
         Proc.registry.append(self)
@@ -179,6 +182,13 @@ class Proc:
     def stop_all(cls) -> None:
         for p in list(cls.registry):
             p.stop()
+
+
+def _pin_to(cpus: set[int]) -> Callable[[], None]:
+    def pin() -> None:
+        os.sched_setaffinity(0, cpus)
+
+    return pin
 
 
 def http_request(
@@ -299,7 +309,7 @@ def start_passthrough(env: Env, slow: bool) -> Target:
     up = env.slow_port if slow else env.fast_port
     port = free_port()
     cmd = [PY, str(BENCH / "passthrough.py"), "--upstream", f"http://127.0.0.1:{up}", "--port", str(port)]
-    proc = Proc("passthrough-slow" if slow else "passthrough", cmd, env.tmp)
+    proc = Proc("passthrough-slow" if slow else "passthrough", cmd, env.tmp, target=True)
     try:
         secs = wait_healthy(proc, port, "/healthz", 20)
     except RuntimeError as exc:
@@ -336,7 +346,7 @@ def start_litellm(env: Env, slow: bool) -> Target:
     )
     port = free_port()
     cmd = [str(exe), "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
-    proc = Proc("litellm-slow" if slow else "litellm", cmd, env.tmp, env=LITELLM_ENV)
+    proc = Proc("litellm-slow" if slow else "litellm", cmd, env.tmp, env=LITELLM_ENV, target=True)
     try:
         secs = wait_healthy(proc, port, "/health/liveliness", 120)
     except RuntimeError as exc:
@@ -425,7 +435,7 @@ def start_stepplan(env: Env, slow: bool, metrics: bool = True) -> Target:
     cmd = [str(exe), "serve", "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     name = "stepplan" if metrics else "stepplan-nometrics"
     proc = Proc(f"{name}-slow" if slow else name, cmd, env.tmp,
-                env={"STEPPLAN_CONFIG": str(cfg), "STEPPLAN_METRICS": "1" if metrics else "0"})
+                env={"STEPPLAN_CONFIG": str(cfg), "STEPPLAN_METRICS": "1" if metrics else "0"}, target=True)
     try:
         secs = wait_healthy(proc, port, "/healthz", 60)
     except RuntimeError as exc:
@@ -936,6 +946,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--docs", default=None, help="markdown file to update (default docs/performance.md)")
     p.add_argument("--no-docs", action="store_true")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (configs, logs)")
+    p.add_argument("--pin", action="store_true",
+                   help="the measured target on CPU 0, everything else (fake upstreams, load, this script) on the "
+                        "other CPUs: steadier CPU-per-call numbers on a small machine")
     a = p.parse_args(argv)
     q = a.quick
     a.targets = (a.targets or ("direct,passthrough,stepplan" if q else ",".join(ALL_TARGETS))).split(",")
@@ -985,6 +998,13 @@ def cleanup_on_signals() -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     raise_fd_limit()
+    if a.pin:
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            log("--pin needs at least two CPUs; not pinning")
+        else:
+            Proc.target_cpus = {cpus[0]}
+            os.sched_setaffinity(0, set(cpus[1:]))  # inherited by the fake upstreams and the load generators
     tmp = Path(tempfile.mkdtemp(prefix="stepplan-bench-"))
     log(f"temp dir {tmp}; targets {a.targets}; scenarios {a.scenarios}; concurrency {a.concurrency}")
     results: dict[str, Any] = {"machine": machine_facts(a), "targets": {}}
@@ -998,6 +1018,7 @@ def main(argv: list[str] | None = None) -> int:
         "wrk": a.wrk,
         "load_processes": a.load_processes,
         "repeat": a.repeat,
+        "pin": a.pin,
         "open_streams": a.open_streams,
         "open_streams_litellm": a.open_streams_litellm,
         "open_batch": a.open_batch,
