@@ -21,7 +21,7 @@ import contextlib
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
@@ -90,6 +90,11 @@ class Authenticator:
                     await self.write_last_used()
             except Exception:  # a database hiccup must not kill the poller
                 log.exception("auth epoch poll failed")
+
+    def unwritten_uses(self) -> Mapping[int, int]:
+        """Key id → last use noted by this process and not yet written to ``api_keys.last_used_at``
+        (written every ``LAST_USED_EVERY`` seconds)."""
+        return self._used
 
     async def write_last_used(self) -> None:
         """Write the last-use times noted since the last write (one statement for all keys)."""

@@ -4,10 +4,9 @@ query takes the account from the session: a holder never reaches another account
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.responses import Response
 
 from ..api.usage import billing_config
@@ -209,14 +208,14 @@ async def calls(ctx: Ctx) -> Response:
     return render(ctx, "calls.html", rows=rows, params=params, older=older)
 
 
-async def key_views(s: AsyncSession, rows: Sequence[tuple[ApiKey, str]], now: int) -> list[dict[str, Any]]:
+def key_views(rows: Sequence[tuple[ApiKey, str]], now: int, unwritten: Mapping[int, int]) -> list[dict[str, Any]]:
     """Keys as :func:`stepplan.store.keys.key_view` shows them (every per-key setting, status,
-    rotation), with ``last_used_at`` from the ledger when that is newer than the batched column."""
-    used = await queries.last_used(s, [k.id for k, _ in rows])
+    rotation), with ``last_used_at`` from this process's uses not yet written to the batched
+    column when they are newer (another worker's are at most ``auth.LAST_USED_EVERY`` s late)."""
     out = []
     for k, account in rows:
         view = key_store.key_view(k, account, now)
-        view["last_used_at"] = max(view["last_used_at"] or 0, used.get(k.id, 0)) or None
+        view["last_used_at"] = max(view["last_used_at"] or 0, unwritten.get(k.id, 0)) or None
         out.append(view)
     return out
 
@@ -225,8 +224,8 @@ async def _keys_page(ctx: Ctx, new_key: str | None = None) -> Response:
     aid = _account_id(ctx)
     async with ctx.state.sessions() as s:
         account = await queries.account_by_id(s, aid)
-        keys = await key_views(s, [(k, account.name if account else "") for k in await queries.account_keys(s, aid)],
-                               ctx.now)
+        keys = key_views([(k, account.name if account else "") for k in await queries.account_keys(s, aid)],
+                         ctx.now, ctx.state.gateway.auth.unwritten_uses())
     return render(ctx, "keys.html", keys=keys, self_service=ctx.cfg.self_service_keys, new_key=new_key,
                   own_key=ctx.session.key_id if ctx.session else None)
 

@@ -106,7 +106,8 @@ async def _account_page(ctx: Ctx, name: str, **extra: Any) -> Response:
     async with ctx.state.sessions() as s:
         a = await _account(s, name)
         view = await account_usage(s, cfg, a.id, ctx.now, since=ctx.now, until=ctx.now + 1)
-        keys = await key_views(s, [(k, a.name) for k in await queries.account_keys(s, a.id)], ctx.now)
+        keys = key_views([(k, a.name) for k in await queries.account_keys(s, a.id)], ctx.now,
+                         ctx.state.gateway.auth.unwritten_uses())
         await s.commit()
     buckets = []
     for b in view["plan_credit_rate_limit"]["credit_buckets"]:

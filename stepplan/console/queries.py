@@ -124,16 +124,6 @@ async def calls(s: AsyncSession, f: CallFilter, limit: int) -> list[UsageEntry]:
     return list((await s.execute(q.order_by(e.id.desc()).limit(limit))).scalars())
 
 
-async def last_used(s: AsyncSession, key_ids: list[int]) -> dict[int, int]:
-    """Each key's newest ledger entry time (keys never used are absent)."""
-    out: dict[int, int] = {}
-    for k in key_ids:  # one index probe per key (ix_usage_entries_key_time)
-        t = (await s.execute(select(func.max(UsageEntry.created_at)).where(UsageEntry.key_id == k))).scalar()
-        if t is not None:
-            out[k] = int(t)
-    return out
-
-
 async def account_keys(s: AsyncSession, account_id: int) -> list[ApiKey]:
     q = select(ApiKey).where(ApiKey.account_id == account_id).order_by(ApiKey.id)
     return list((await s.execute(q)).scalars())
