@@ -39,8 +39,23 @@ def trace_id(request: HTTPRequest) -> str:
     return request.scope["stepplan.trace_id"]
 
 
+def header_map(request: HTTPRequest) -> dict[bytes, bytes]:
+    """The request's headers by lower-case name (the first of a repeated name), built once per
+    request: one C-level dict instead of a Python scan of the header list per lookup."""
+    scope = request.scope
+    h: dict[bytes, bytes] | None = scope.get("stepplan.headers")
+    if h is None:
+        h = scope["stepplan.headers"] = dict(reversed(scope["headers"]))
+    return h
+
+
+def header(request: HTTPRequest, name: bytes) -> str | None:
+    v = header_map(request).get(name)
+    return None if v is None else v.decode("latin-1")
+
+
 async def read_json(request: HTTPRequest, limit: int) -> tuple[Any, int]:
-    length = request.headers.get("content-length")
+    length = header(request, b"content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise PayloadTooLarge(f"request body is larger than the {limit} byte limit")
     chunks: list[bytes] = []
@@ -60,6 +75,8 @@ async def read_json(request: HTTPRequest, limit: int) -> tuple[Any, int]:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"malformed JSON body: {exc}") from exc
+    if raw.count(b"{") + raw.count(b"[") < MAX_DEPTH:  # too few brackets to nest that deep: nothing to check
+        return body, size
     try:  # what the gateway forwards must serialize again (orjson nests 254 levels deep, parses 1,024)
         orjson.dumps(body)
     except orjson.JSONEncodeError as exc:
@@ -92,14 +109,14 @@ def too_deep(v: Any, limit: int) -> str | None:
 async def authenticate(request: HTTPRequest) -> KeyInfo:
     from ..auth import key_from_headers
 
-    h = request.headers
     auth = request.app.state.gateway.auth
 
     def client() -> str | None:  # only asked for keys with an IP allowlist
         peer = request.scope.get("client")
-        return auth.client_address(peer[0] if peer else None, h.get("x-forwarded-for"))
+        return auth.client_address(peer[0] if peer else None, header(request, b"x-forwarded-for"))
 
-    return await auth.authenticate(key_from_headers(h.get("authorization"), h.get("x-api-key")), client)
+    return await auth.authenticate(key_from_headers(header(request, b"authorization"),
+                                                    header(request, b"x-api-key")), client)
 
 
 def internal_error(trace: str) -> GatewayError:
@@ -117,10 +134,10 @@ def error_response(exc: GatewayError, trace: str, anthropic: bool) -> JSONRespon
 
 
 def session_id(request: HTTPRequest, metadata: Any = None) -> str | None:
-    h = request.headers
-    sid = h.get("x-session-id") or h.get("x-claude-code-session-id") or h.get("x-session-affinity")
-    if sid:
-        return sid
+    h = header_map(request)
+    raw = h.get(b"x-session-id") or h.get(b"x-claude-code-session-id") or h.get(b"x-session-affinity")
+    if raw:
+        return raw.decode("latin-1")
     if isinstance(metadata, dict):
         uid = metadata.get("user_id")
         if isinstance(uid, str) and uid.startswith("{"):
