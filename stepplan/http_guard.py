@@ -17,6 +17,7 @@ path (OpenAI or Anthropic shape) instead of uvicorn's plain-text 400.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .api.common import is_anthropic_path
+from .api.responses import CONNECTION
 from .errors import GatewayError, HeadersTooLarge, InvalidRequest, RequestTimeout
 
 REASONS = {400: b"Bad Request", 408: b"Request Timeout", 413: b"Content Too Large",
@@ -47,8 +49,20 @@ def error_bytes(exc: GatewayError, path: bytes) -> bytes:
     return head + body
 
 
+class Watch:
+    """A handler task watched for its client leaving (:meth:`GuardedHttpToolsProtocol.watch`)."""
+
+    __slots__ = ("gone", "task")
+
+    def __init__(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        self.gone = False
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with header limits and header/body timeouts."""
+    """uvicorn's httptools protocol with header limits and header/body timeouts. It also tells a
+    handler that its client left without a watcher task per call: :meth:`watch` registers the
+    handler's task, and losing the connection cancels it (``api.common.until_disconnect``)."""
 
     def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
@@ -60,6 +74,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._rejected = False
+        self._watch: Watch | None = None
+        self._ref = weakref.ref(self)  # what the scope holds: no reference cycle through the scope
 
     # ------------------------------------------------------------------ timers
     # One lazy timer per connection: arming a wait sets a deadline (two attribute writes); the
@@ -121,6 +137,24 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._timer.cancel()
             self._timer = None
         super().connection_lost(exc)
+        w, self._watch = self._watch, None
+        if w is not None:
+            w.gone = True
+            w.task.cancel()
+
+    def watch(self, task: asyncio.Task[Any]) -> Watch | None:
+        """Cancel ``task`` if the client goes away before :meth:`unwatch` (the current request's body
+        has been read). None when the client has already gone."""
+        cycle = self.cycle
+        if cycle is None or cycle.disconnected or self.transport.is_closing():
+            return None
+        self.flow.resume_reading()  # a paused transport would not notice the client leaving
+        w = self._watch = Watch(task)
+        return w
+
+    def unwatch(self, w: Watch) -> None:
+        if self._watch is w:
+            self._watch = None
 
     def data_received(self, data: bytes) -> None:
         """Header bytes are counted per network read (not per header: no Python call per header);
@@ -149,6 +183,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # ------------------------------------------------------------------ parser callbacks
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self.scope[CONNECTION] = self._ref  # type: ignore[literal-required]
         self._in_head = True
         self._header_bytes = 0
         if self._deadline is None:
@@ -169,4 +204,4 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_complete()
 
 
-__all__ = ["GuardedHttpToolsProtocol", "Limits", "error_bytes"]
+__all__ = ["GuardedHttpToolsProtocol", "Limits", "Watch", "error_bytes"]

@@ -17,7 +17,7 @@ from starlette.requests import Request as HTTPRequest
 from ..errors import ClientClosed, GatewayError, InvalidRequest, PayloadTooLarge
 from ..pipeline import Settled
 from ..store.accounts import KeyInfo
-from .responses import JSONResponse
+from .responses import CONNECTION, JSONResponse
 
 if TYPE_CHECKING:
     from ..pipeline import Call
@@ -154,10 +154,24 @@ async def until_disconnect(request: HTTPRequest, work: Awaitable[T]) -> T:
     """Await ``work`` unless the client goes away first; then cancel it (which cancels the
     upstream call and settles the reservation) and raise :class:`ClientClosed`.
 
-    The request body has been read by now, so the next ASGI ``receive`` only returns when
-    the client disconnects. One watcher task per call, no task for the work itself.
+    Under ``stepplan serve`` the connection itself cancels the handler when it is lost
+    (``http_guard``): no task per call. Under another server, the request body has been read by
+    now, so the next ASGI ``receive`` only returns when the client disconnects: one watcher task.
     """
     current = asyncio.current_task()
+    ref = request.scope.get(CONNECTION)
+    conn = ref() if ref is not None else None
+    w = conn.watch(current) if conn is not None and current is not None else None
+    if w is not None:
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if w.gone:
+                current.uncancel()  # type: ignore[union-attr]  # the cancellation was ours and is handled here
+                raise ClientClosed("the client closed the connection before the response started") from None
+            raise
+        finally:
+            conn.unwatch(w)  # type: ignore[union-attr]
     gone = False
 
     async def watch() -> None:

@@ -11,6 +11,10 @@ import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+# Scope key: a weak reference to the request's connection when the server is stepplan's own
+# protocol (``http_guard``), which can watch a handler for its client leaving without a task.
+CONNECTION = "stepplan.connection"
+
 
 class JSONResponse(Response):
     media_type = "application/json"
@@ -39,6 +43,21 @@ class SSEResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
+        ref = scope.get(CONNECTION)
+        conn = ref() if ref is not None and task is not None else None
+        w = conn.watch(task) if conn is not None else None
+        if w is not None:  # stepplan's own server: the connection cancels the task when it is lost
+            try:
+                await self._send_all(send)
+            except (asyncio.CancelledError, OSError):
+                if not w.gone:
+                    raise
+                task.uncancel()  # type: ignore[union-attr]
+            finally:
+                conn.unwatch(w)  # type: ignore[union-attr]
+                with contextlib.suppress(BaseException):
+                    await self.body_iterator.aclose()  # type: ignore[attr-defined]
+            return
         disconnected = False
 
         async def watch() -> None:
@@ -52,17 +71,19 @@ class SSEResponse(Response):
                     return
 
         watcher = asyncio.create_task(watch())
-        it = self.body_iterator
         try:
-            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-            async for chunk in it:
-                if chunk:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await self._send_all(send)
         except (asyncio.CancelledError, OSError):
             if not disconnected:
                 raise
         finally:
             watcher.cancel()
             with contextlib.suppress(BaseException):
-                await it.aclose()  # type: ignore[attr-defined]
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
+
+    async def _send_all(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        async for chunk in self.body_iterator:
+            if chunk:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -246,7 +246,7 @@ async def keys(ctx: Ctx) -> Response:
     name = ctx.q("account")[:128]
     async with ctx.state.sessions() as s:
         a = await _account(s, name) if name else None
-        rows = await key_views(s, await acc.list_keys(s, a), ctx.now)
+        rows = key_views(await acc.list_keys(s, a), ctx.now, ctx.state.gateway.auth.unwritten_uses())
     return render(ctx, "admin_keys.html", rows=rows, account=name, url=account_url)
 
 
@@ -256,7 +256,7 @@ async def _key_page(ctx: Ctx, key_id: int, status: int = 200, error: str | None 
         found = await key_store.get_key(s, key_id)
         if found is None:
             raise ConsoleError(f"no key with id {key_id}", 404)
-        view = (await key_views(s, [found], ctx.now))[0]
+        view = key_views([found], ctx.now, ctx.state.gateway.auth.unwritten_uses())[0]
     models = [m.id for m in ctx.state.settings.catalog.public()]
     return render(ctx, "admin_key.html", status=status, k=view, url=account_url(found[1]), models=models,
                   error=error, form=form or {}, done=ctx.q("done")[:64], settings=SETTINGS)
