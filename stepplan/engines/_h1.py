@@ -267,6 +267,20 @@ class Response:
         parts = [data async for data in self.chunks()]
         return b"".join(parts)
 
+    def read_now(self) -> bytes | None:
+        conn = self._conn
+        if conn is None or not conn._complete or conn._error is not None:
+            return None
+        body = conn._body
+        data = body[0] if len(body) == 1 else b"".join(body)
+        body.clear()
+        conn._buffered = 0
+        if conn._paused and conn.transport is not None:
+            conn._paused = False
+            conn.transport.resume_reading()
+        self._finish(True)
+        return data
+
     def _finish(self, ok: bool) -> None:
         conn, self._conn = self._conn, None
         if conn is None:

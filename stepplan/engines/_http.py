@@ -204,19 +204,23 @@ class HTTPUpstream:
         return raw
 
     async def _open(self, path: str, body: dict[str, Any], extra: dict[str, str], stream: bool,
-                    ctx: CallContext | None = None, model: str | None = None
+                    ctx: CallContext | None = None, model: str | None = None, stop: float | None = None
                     ) -> tuple[UpstreamResponse, Member, Any]:
-        """Send the request and wait for response headers, within the upstream's deadline. Returns the
-        response, the member that answered and, with tracing on, its attempt's open span (else None).
-        The deadline needs no timer of its own: each attempt's first-byte timeout is cut to what is
-        left of it, and the waits between attempts are checked against it."""
-        return await self._attempts(path, body, extra, stream, ctx, model)
+        """Send the request and wait for response headers, within the upstream's deadline (and by
+        ``stop``, a loop time, when given). Returns the response, the member that answered and, with
+        tracing on, its attempt's open span (else None). The deadline needs no timer of its own: each
+        attempt's first-byte timeout is cut to what is left of it, and the waits between attempts are
+        checked against it."""
+        return await self._attempts(path, body, extra, stream, ctx, model, stop)
 
-    def _past_deadline(self) -> UpstreamTimeout:
+    def _past_deadline(self, total: bool = False) -> UpstreamTimeout:
+        if total:
+            return UpstreamTimeout(f"upstream {self.cfg.name} timed out (total_timeout {self.cfg.total_timeout:g}s)")
         return UpstreamTimeout(f"upstream {self.cfg.name} did not answer within its {self.cfg.deadline:g}s deadline")
 
     async def _attempts(self, path: str, body: dict[str, Any], extra: dict[str, str], stream: bool,
-                        ctx: CallContext | None, model: str | None) -> tuple[UpstreamResponse, Member, Any]:
+                        ctx: CallContext | None, model: str | None, stop: float | None = None
+                        ) -> tuple[UpstreamResponse, Member, Any]:
         """Retry what is retryable, moving to another available member after a failure; every
         send counts against ``max_retries``, whichever member it went to."""
         cfg, pool = self.cfg, self.pool
@@ -224,6 +228,10 @@ class HTTPUpstream:
         give_up = pool.clock() + cfg.deadline
         loop = asyncio.get_running_loop()
         end = loop.time() + cfg.deadline  # the deadline on the event loop's clock (the timeouts')
+        total = stop is not None and stop < end  # the call's total_timeout ends first
+        if total:
+            end = stop  # type: ignore[assignment]
+            give_up = pool.clock() + (end - loop.time())
         tail = (render_headers(extra) if extra else b"") + (_STREAM_ACCEPT if stream else _JSON_ACCEPT)
         bodies: dict[str, bytes] = {}
         session = ctx.session if ctx is not None else None
@@ -280,7 +288,7 @@ class HTTPUpstream:
                 if limit < cfg.first_byte_timeout and type(exc) is TimeoutError:  # the call's deadline passed
                     member.probing = False
                     _end(span, "deadline")
-                    raise self._past_deadline() from exc
+                    raise self._past_deadline(total) from exc
                 attempt += 1
                 last_delay = backoff(member.failures, None)
                 member.failed(last_delay, pool.clock())
@@ -316,7 +324,7 @@ class HTTPUpstream:
             except TimeoutError as exc:
                 resp.close()
                 _end(span, "deadline")
-                raise self._past_deadline() from exc
+                raise self._past_deadline(total) from exc
             retry_after = parse_retry_after(resp.headers.get("retry-after"))
             obs.upstream_error(name, _status_kind(resp.status),
                                resp.status in RETRY_STATUSES and attempt + 1 <= cfg.max_retries)
@@ -357,10 +365,13 @@ class HTTPUpstream:
         obs.upstream_started(name)
         member: Member | None = None
         span = None
+        stop = asyncio.get_running_loop().time() + self.cfg.total_timeout
         try:
-            async with asyncio.timeout(self.cfg.total_timeout):
-                resp, member, span = await self._open(path, body, extra or {}, False, ctx, model)
-                raw = await resp.read()
+            resp, member, span = await self._open(path, body, extra or {}, False, ctx, model, stop)
+            raw = resp.read_now()
+            if raw is None:  # the body is still arriving (a small one comes with its head): what is left
+                async with asyncio.timeout_at(stop):  # of total_timeout bounds it
+                    raw = await resp.read()
         except ReadTimeout as exc:
             obs.upstream_error(name, "timeout", False)
             raise UpstreamTimeout(f"upstream {self.cfg.name} went idle for {self.cfg.idle_timeout:g}s") from exc

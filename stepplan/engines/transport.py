@@ -94,6 +94,12 @@ class UpstreamResponse(Protocol):
 
     async def read(self) -> bytes: ...
 
+    def read_now(self) -> bytes | None:
+        """The whole body when all of it has already arrived (then the answer is released), else
+        None and nothing is consumed: a small answer usually comes with its head, and needs no
+        timer or generator to be read."""
+        ...
+
     def close(self) -> None:
         """Drop the answer (and whatever carries it) without reading the rest."""
 

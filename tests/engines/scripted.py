@@ -35,6 +35,9 @@ class Scripted:
     async def read(self) -> bytes:
         return b"".join([c async for c in self.chunks()])
 
+    def read_now(self) -> bytes | None:
+        return None  # a scripted body always arrives chunk by chunk
+
     def close(self) -> None:
         self.closed = True
 
