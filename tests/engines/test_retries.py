@@ -187,3 +187,41 @@ async def test_an_upstream_resetting_warm_keep_alive_connections_gets_one_plus_m
     finally:
         await up.aclose()
         srv.close()
+
+
+class _Hangs:
+    """A transport whose answer never comes."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    async def handle_request(self, request: object) -> Scripted:
+        self.requests += 1
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        return None
+
+
+class _Drips(Scripted):
+    """A head at once, then a body that never finishes."""
+
+    async def chunks(self):  # type: ignore[no-untyped-def]
+        yield b'{"a":'
+        await asyncio.Event().wait()
+
+
+async def test_total_timeout_bounds_the_wait_for_the_head_when_it_ends_before_the_deadline() -> None:
+    t = _Hangs()
+    up = HTTPUpstream(UpstreamConfig(name="up", protocol="openai", base_url="http://upstream.invalid/v1",
+                                     total_timeout=0.2, max_retries=0), {}, t)  # type: ignore[arg-type]
+    with pytest.raises(UpstreamTimeout, match=r"total_timeout 0\.2s"):
+        await up.post_json("/x", {})
+    assert t.requests == 1
+
+
+async def test_total_timeout_bounds_a_body_that_is_still_arriving() -> None:
+    t = ScriptedTransport(_Drips(200, {"content-type": "application/json"}))
+    with pytest.raises(UpstreamTimeout, match="timed out"):
+        await upstream(t, total_timeout=0.2).post_json("/x", {})
