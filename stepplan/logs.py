@@ -50,8 +50,15 @@ class JSONFormatter(logging.Formatter):
         return redact(text)
 
 
+_last_utc: tuple[int, str] = (-1, "")
+
+
 def _stamp(now: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+    global _last_utc
+    sec = int(now)
+    if _last_utc[0] != sec:  # formatted once per second, not once per line
+        _last_utc = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+    return f"{_last_utc[1]}.{int(now % 1 * 1000):03d}Z"
 
 
 class BatchingHandler(logging.Handler):
@@ -111,8 +118,19 @@ def call_line(logger: logging.Logger, message: str) -> None:
         logger.info("%s", message)
         return
     now = time.time()
-    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
-    _batching._buf.append(f"{stamp},{int(now % 1 * 1000):03d} INFO {logger.name} {message}\n")
+    _batching._buf.append(f"{_second(now)},{int(now % 1 * 1000):03d} INFO {logger.name} {message}\n")
+
+
+_last_second: tuple[int, str] = (-1, "")
+
+
+def _second(now: float) -> str:
+    """``now``'s local date and time to the second, formatted once per second (not once per call)."""
+    global _last_second
+    sec = int(now)
+    if _last_second[0] != sec:
+        _last_second = (sec, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sec)))
+    return _last_second[1]
 
 
 def call_record(logger: logging.Logger, fields: dict[str, Any], text: str) -> None:

@@ -146,10 +146,11 @@ def _end(span: Any, failure: str | None) -> None:
 class _Sender:
     """One member's way out: its transport and its rendered static headers."""
 
-    __slots__ = ("member", "static", "transport")
+    __slots__ = ("label", "member", "static", "transport")
 
-    def __init__(self, member: Member, static: bytes, transport: Transport) -> None:
+    def __init__(self, member: Member, static: bytes, transport: Transport, label: str) -> None:
         self.member, self.static, self.transport = member, static, transport
+        self.label = label  # upstream/member: x-stepplan-served-by
 
 
 class HTTPUpstream:
@@ -174,7 +175,7 @@ class HTTPUpstream:
                 t = transport[m.name]
             else:
                 t = transport
-            self.senders[m.name] = _Sender(m, render_headers(headers), t)
+            self.senders[m.name] = _Sender(m, render_headers(headers), t, f"{cfg.name}/{m.name}")
         self.transport = next(iter(self.senders.values())).transport
         self.headers = {"content-type": "application/json", **cfg.headers}
         self._secrets = [m.cfg.api_key for m in self.pool.members if m.cfg.api_key]
@@ -266,7 +267,7 @@ class HTTPUpstream:
             now = pool.clock()
             member.acquire(now)
             if ctx is not None:
-                ctx.served_by = f"{cfg.name}/{member.name}"
+                ctx.served_by = sender.label
             left = end - loop.time()
             limit = cfg.first_byte_timeout if cfg.first_byte_timeout < left else left
             try:

@@ -159,7 +159,7 @@ class Pool:
     def pick(self, session: str | None = None, exclude: Iterable[Member] = ()) -> Member | None:
         """The member for the next send, or None when none is available now."""
         now = self.clock()
-        excluded = set(map(id, exclude))
+        excluded = set(map(id, exclude)) if exclude else ()
         if session is not None:
             name = self.affinity.get(session, now)
             m = self.by_name.get(name) if name is not None else None
