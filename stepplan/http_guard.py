@@ -64,6 +64,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     handler that its client left without a watcher task per call: :meth:`watch` registers the
     handler's task, and losing the connection cancels it (``api.common.until_disconnect``)."""
 
+    # Slots: uvicorn's protocol keeps its state in the instance dict, and ten more keys there pushed
+    # that dict into the next size (~1.5 KB more per connection, per open stream).
+    __slots__ = ("_deadline", "_header_bytes", "_in_head", "_ref", "_rejected", "_timer", "_timer_at", "_watch",
+                 "_why", "limits")
+
     def __init__(self, config: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(config, *args, **kwargs)
         self.limits: Limits = getattr(config, "stepplan_limits", None) or Limits()
