@@ -81,7 +81,8 @@ def test_items_become_canonical_turns_in_order() -> None:
 
 
 @pytest.mark.parametrize("encrypted", [None, "", "gAAAAABopenai-made", SEALER.seal("x")[:-6] + "AAAAAA",
-                                       Sealer(b"another-gateway").seal("not ours")])
+                                       Sealer(b"another-gateway").seal("not ours")],
+                         ids=["absent", "empty", "openai-made", "tampered", "another-gateway"])  # seals are random
 def test_reasoning_items_the_gateway_cannot_open_are_dropped(encrypted: str | None) -> None:
     item: dict[str, Any] = {"type": "reasoning", "id": "rs_1", "summary": [{"type": "summary_text", "text": "s"}]}
     if encrypted is not None:
