@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .api import openai as openai_api
 from .api import openai_responses as responses_api
-from .api.common import error_response, internal_error, is_anthropic_path, new_trace_id
+from .api.common import HEADER_MAP, error_response, internal_error, is_anthropic_path, new_trace_id
 from .api.openapi import document_bytes as openapi_document_bytes
 from .api.responses import JSONResponse
 from .auth import Authenticator
@@ -174,6 +174,7 @@ class HotPath:
             if handler is not None:
                 scope["app"] = self.app  # handlers reach the gateway through request.app.state
                 response = await handler(HTTPRequest(scope, receive))
+                scope.pop(HEADER_MAP, None)  # read while the call was admitted; a stream need not hold it
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

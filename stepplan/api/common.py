@@ -39,13 +39,16 @@ def trace_id(request: HTTPRequest) -> str:
     return request.scope["stepplan.trace_id"]
 
 
+HEADER_MAP = "stepplan.headers"  # scope key of header_map's dict
+
+
 def header_map(request: HTTPRequest) -> dict[bytes, bytes]:
     """The request's headers by lower-case name (the first of a repeated name), built once per
     request: one C-level dict instead of a Python scan of the header list per lookup."""
     scope = request.scope
-    h: dict[bytes, bytes] | None = scope.get("stepplan.headers")
+    h: dict[bytes, bytes] | None = scope.get(HEADER_MAP)
     if h is None:
-        h = scope["stepplan.headers"] = dict(reversed(scope["headers"]))
+        h = scope[HEADER_MAP] = dict(reversed(scope["headers"]))
     return h
 
 
