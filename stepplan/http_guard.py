@@ -52,11 +52,12 @@ def error_bytes(exc: GatewayError, path: bytes) -> bytes:
 class Watch:
     """A handler task watched for its client leaving (:meth:`GuardedHttpToolsProtocol.watch`)."""
 
-    __slots__ = ("gone", "task")
+    __slots__ = ("gone", "outer", "task")
 
-    def __init__(self, task: asyncio.Task[Any]) -> None:
+    def __init__(self, task: asyncio.Task[Any], outer: Watch | None = None) -> None:
         self.task = task
         self.gone = False
+        self.outer = outer  # a watch this one nests in (restored by unwatch)
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -143,9 +144,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._timer = None
         super().connection_lost(exc)
         w, self._watch = self._watch, None
-        if w is not None:
+        cancelled: list[asyncio.Task[Any]] = []
+        while w is not None:  # nested watches: every level learns it; each task is cancelled once
             w.gone = True
-            w.task.cancel()
+            if w.task not in cancelled:
+                cancelled.append(w.task)
+                w.task.cancel()
+            w = w.outer
 
     def watch(self, task: asyncio.Task[Any]) -> Watch | None:
         """Cancel ``task`` if the client goes away before :meth:`unwatch` (the current request's body
@@ -154,12 +159,12 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if cycle is None or cycle.disconnected or self.transport.is_closing():
             return None
         self.flow.resume_reading()  # a paused transport would not notice the client leaving
-        w = self._watch = Watch(task)
+        w = self._watch = Watch(task, self._watch)
         return w
 
     def unwatch(self, w: Watch) -> None:
         if self._watch is w:
-            self._watch = None
+            self._watch = w.outer
 
     def data_received(self, data: bytes) -> None:
         """Header bytes are counted per network read (not per header: no Python call per header);
