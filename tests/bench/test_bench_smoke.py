@@ -236,3 +236,21 @@ def test_open_streams_holds_slow_streams() -> None:
     assert res["errors"] == 0, res["error_kinds"]
     assert res["established"] == res["held_at_end_of_hold"] == 20
     assert res["rss_peak_mb"] >= res["rss_before_mb"] > 0
+
+
+def test_ab_compares_two_trees_side_by_side(tmp_path: Path) -> None:
+    """bench/ab.py end to end on the same tree twice (one short round of JSON and an OpenAI stream):
+    both sides serve, CPU per call is measured for each, and their ratio is near 1."""
+    out = tmp_path / "ab.json"
+    cmd = [PY, str(BENCH / "ab.py"), "--a", f"a={BENCH.parent}", "--b", f"b={BENCH.parent}", "--scenarios",
+           "openai_json,openai_sse", "--rounds", "1", "--duration", "1", "--concurrency", "4",
+           "--json-out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert {x["scenario"] for x in result["rounds"]} == {"openai_json", "openai_sse"}
+    for x in result["rounds"]:
+        for side in ("a", "b"):
+            assert x[side]["requests"] > 0 and x[side]["errors"] == 0 and x[side]["cpu_ms_per_req"] > 0
+    for ratio in result["median_ratio"].values():  # the same tree on both sides: a loose bound (1 s runs)
+        assert 0.5 < ratio < 2.0
