@@ -10,8 +10,9 @@ import time
 import httpx
 import pytest
 
+from tests.billing.conftest import pg_url  # noqa: F401  (fixture)
 from tests.conftest import Gateway, make_gateway
-from tests.console.conftest import ADMIN, Console, chat, fresh_ip, usage, wait_calls
+from tests.console.conftest import ADMIN, CONSOLE, Console, chat, fresh_ip, usage, wait_calls
 from tests.fakes.upstream import FakeUpstream
 
 
@@ -105,6 +106,32 @@ def _key_id(gw: Gateway, account: str, key: str) -> int:
 
 
 def test_holder_pages_show_the_ledger_and_only_their_account(cgw: Gateway) -> None:
+    holder_pages_show_the_ledger_and_only_their_account(cgw)
+
+
+@pytest.mark.postgres
+def test_holder_and_operator_pages_on_postgresql(tmp_path_factory: pytest.TempPathFactory, fake: FakeUpstream,
+                                                 request: pytest.FixtureRequest) -> None:
+    """The same pages over a PostgreSQL database (its SQL: day arithmetic, the covering index, paging)."""
+    db_url = request.getfixturevalue("pg_url")
+    gw = make_gateway(tmp_path_factory.mktemp("console-pg"), fake, db_url=db_url, extra=CONSOLE,
+                      env={"STEPPLAN_ADMIN_TOKEN": ADMIN})
+    gw.start()
+    try:
+        holder_pages_show_the_ledger_and_only_their_account(gw)
+        op = Console(gw)
+        assert op.signin_admin().status_code == 303
+        assert "c-alice" in op.page("/console/admin/accounts", params={"q": "c-alice"})
+        account = op.page("/console/admin/accounts/c-alice")
+        assert "Flash Max" in account
+        ledger = op.page("/console/admin/ledger", params={"account": "c-alice"})
+        assert ledger.count("data-trace=") == 3
+        assert "ok" in op.page("/console/admin/health").lower()
+    finally:
+        gw.stop()
+
+
+def holder_pages_show_the_ledger_and_only_their_account(cgw: Gateway) -> None:
     key_a, key_b = cgw.new_key("c-alice"), cgw.new_key("c-bob")
     traces_a = [chat(cgw, key_a) for _ in range(3)]
     trace_b = chat(cgw, key_b)
