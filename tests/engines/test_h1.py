@@ -73,15 +73,23 @@ def json_answer(body: bytes, extra: bytes = b"") -> bytes:
             + str(len(body)).encode() + b"\r\n" + extra + b"\r\n" + body)
 
 
-async def keep_alive_json(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: dict) -> None:
-    while True:
-        try:
-            line, headers, body = await read_request(reader)
-        except asyncio.IncompleteReadError:
-            return
-        state["requests"].append((line, headers, body))
-        writer.write(json_answer(b'{"n": %d}' % len(state["requests"])))
-        await writer.drain()
+def keep_alive(reply: Callable[[dict], bytes]) -> Handler:
+    """A keep-alive server: every request on a connection is noted and answered with ``reply(state)``."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: dict) -> None:
+        while True:
+            try:
+                line, headers, body = await read_request(reader)
+            except asyncio.IncompleteReadError:
+                return
+            state["requests"].append((line, headers, body))
+            writer.write(reply(state))
+            await writer.drain()
+
+    return handler
+
+
+keep_alive_json = keep_alive(lambda state: json_answer(b'{"n": %d}' % len(state["requests"])))
 
 
 async def test_requests_reuse_one_keep_alive_connection_and_send_what_was_asked() -> None:
@@ -221,15 +229,8 @@ async def test_leaving_a_stream_whose_body_has_fully_arrived_keeps_its_connectio
     """A client that stops at OpenAI's ``[DONE]`` after the body's last chunk was parsed leaves a
     clean connection: it goes back to the pool instead of costing a new TCP connection per stream."""
 
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: dict) -> None:
-        while True:
-            try:
-                await read_request(reader)
-            except asyncio.IncompleteReadError:
-                return
-            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                         b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
-            await writer.drain()
+    handler = keep_alive(lambda state: b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                       b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n")
 
     async with server(handler) as (port, state):
         pool = ConnectionPool(f"http://127.0.0.1:{port}")
@@ -320,14 +321,7 @@ def test_an_unusable_upstream_config_is_refused_at_start_up(tmp_path: Path, upst
 
 
 async def test_a_body_that_came_with_its_head_is_taken_at_once_and_its_connection_reused() -> None:
-    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, state: dict) -> None:
-        while True:
-            try:
-                await read_request(reader)
-            except asyncio.IncompleteReadError:
-                return
-            writer.write(json_answer(b'{"ok": 1}'))  # head and body in one write
-            await writer.drain()
+    handler = keep_alive(lambda state: json_answer(b'{"ok": 1}'))  # head and body in one write
 
     async with server(handler) as (port, state):
         pool = ConnectionPool(f"http://127.0.0.1:{port}")
