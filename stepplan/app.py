@@ -25,6 +25,7 @@ from .auth import Authenticator
 from .billing.meter import Meter, NullMeter
 from .engines.registry import EngineRegistry
 from .errors import GatewayError, InvalidRequest, NotFound, Overloaded
+from .logs import flush as flush_logs
 from .observability import tracing
 from .observability.calls import CallObserver
 from .observability.metrics import CONTENT_TYPE, admitted
@@ -335,14 +336,17 @@ def create_app(settings: Settings | None = None, *, migrate: bool = True) -> ASG
         try:
             yield
         finally:
-            if metrics is not None:
-                await metrics.stop()
-                _http.set_observer(None)
-            await gateway.reasoning.stop()
-            await meter.stop()
-            await auth.stop()
-            await gateway.aclose()
-            await engine.dispose()
+            try:
+                if metrics is not None:
+                    await metrics.stop()
+                    _http.set_observer(None)
+                await gateway.reasoning.stop()
+                await meter.stop()
+                await auth.stop()
+                await gateway.aclose()
+                await engine.dispose()
+            finally:
+                flush_logs()  # every call's record is written before the process ends (logs.flush)
 
     app = Starlette(routes=routes(settings), lifespan=lifespan,
                     exception_handlers={404: not_found, 405: not_found})

@@ -149,6 +149,14 @@ def call_record(logger: logging.Logger, fields: dict[str, Any], text: str) -> No
     _batching._buf.append(line + "\n")
 
 
+def flush() -> None:
+    """Write what the batching handler holds now. The server calls it at the end of shut-down:
+    uvicorn ends a process stopped by SIGTERM by raising the signal again, so nothing at exit
+    (``logging.shutdown``) would write the lines of the last 0.2 s."""
+    if _batching is not None:
+        _batching.flush()
+
+
 def setup_logging(level: str, fmt: str = "text") -> None:
     global _batching, json_format
     root = logging.getLogger()
