@@ -18,6 +18,7 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import orjson
@@ -50,15 +51,26 @@ class JSONFormatter(logging.Formatter):
         return redact(text)
 
 
-_last_utc: tuple[int, str] = (-1, "")
+class _Seconds:
+    """A time's date and time to the second, formatted once per second (not once per line)."""
+
+    def __init__(self, fmt: str, convert: Callable[[float], time.struct_time]) -> None:
+        self.fmt, self.convert = fmt, convert
+        self.last: tuple[int, str] = (-1, "")
+
+    def __call__(self, now: float) -> str:
+        sec = int(now)
+        if self.last[0] != sec:
+            self.last = (sec, time.strftime(self.fmt, self.convert(sec)))
+        return self.last[1]
+
+
+_utc_second = _Seconds("%Y-%m-%dT%H:%M:%S", time.gmtime)  # JSON lines
+_second = _Seconds("%Y-%m-%d %H:%M:%S", time.localtime)  # text lines
 
 
 def _stamp(now: float) -> str:
-    global _last_utc
-    sec = int(now)
-    if _last_utc[0] != sec:  # formatted once per second, not once per line
-        _last_utc = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
-    return f"{_last_utc[1]}.{int(now % 1 * 1000):03d}Z"
+    return f"{_utc_second(now)}.{int(now % 1 * 1000):03d}Z"
 
 
 class BatchingHandler(logging.Handler):
@@ -119,18 +131,6 @@ def call_line(logger: logging.Logger, message: str) -> None:
         return
     now = time.time()
     _batching._buf.append(f"{_second(now)},{int(now % 1 * 1000):03d} INFO {logger.name} {message}\n")
-
-
-_last_second: tuple[int, str] = (-1, "")
-
-
-def _second(now: float) -> str:
-    """``now``'s local date and time to the second, formatted once per second (not once per call)."""
-    global _last_second
-    sec = int(now)
-    if _last_second[0] != sec:
-        _last_second = (sec, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sec)))
-    return _last_second[1]
 
 
 def call_record(logger: logging.Logger, fields: dict[str, Any], text: str) -> None:
