@@ -17,7 +17,7 @@ from starlette.requests import Request as HTTPRequest
 from ..errors import ClientClosed, GatewayError, InvalidRequest, PayloadTooLarge
 from ..pipeline import Settled
 from ..store.accounts import KeyInfo
-from .responses import CONNECTION, JSONResponse
+from .responses import JSONResponse, watch_connection
 
 if TYPE_CHECKING:
     from ..pipeline import Call
@@ -162,9 +162,7 @@ async def until_disconnect(request: HTTPRequest, work: Awaitable[T]) -> T:
     now, so the next ASGI ``receive`` only returns when the client disconnects: one watcher task.
     """
     current = asyncio.current_task()
-    ref = request.scope.get(CONNECTION)
-    conn = ref() if ref is not None else None
-    w = conn.watch(current) if conn is not None and current is not None else None
+    conn, w = watch_connection(request.scope, current)
     if w is not None:
         try:
             return await work
@@ -174,7 +172,7 @@ async def until_disconnect(request: HTTPRequest, work: Awaitable[T]) -> T:
                 raise ClientClosed("the client closed the connection before the response started") from None
             raise
         finally:
-            conn.unwatch(w)  # type: ignore[union-attr]
+            conn.unwatch(w)
     gone = False
 
     async def watch() -> None:

@@ -16,6 +16,16 @@ from starlette.types import Receive, Scope, Send
 CONNECTION = "stepplan.connection"
 
 
+def watch_connection(scope: Scope, task: asyncio.Task[Any] | None) -> tuple[Any, Any]:
+    """``(connection, watch)`` when the connection itself will cancel ``task`` if the client leaves
+    (end it with ``connection.unwatch(watch)``); ``(None, None)`` otherwise: then watch the ASGI
+    ``receive`` for ``http.disconnect``."""
+    ref = scope.get(CONNECTION)
+    conn = ref() if ref is not None and task is not None else None
+    w = conn.watch(task) if conn is not None else None
+    return (conn, w) if w is not None else (None, None)
+
+
 class JSONResponse(Response):
     media_type = "application/json"
 
@@ -43,9 +53,7 @@ class SSEResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
-        ref = scope.get(CONNECTION)
-        conn = ref() if ref is not None and task is not None else None
-        w = conn.watch(task) if conn is not None else None
+        conn, w = watch_connection(scope, task)
         if w is not None:  # stepplan's own server: the connection cancels the task when it is lost
             try:
                 await self._send_all(send)
@@ -54,7 +62,7 @@ class SSEResponse(Response):
                     raise
                 task.uncancel()  # type: ignore[union-attr]
             finally:
-                conn.unwatch(w)  # type: ignore[union-attr]
+                conn.unwatch(w)
                 with contextlib.suppress(BaseException):
                     await self.body_iterator.aclose()  # type: ignore[attr-defined]
             return

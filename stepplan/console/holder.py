@@ -4,7 +4,7 @@ query takes the account from the session: a holder never reaches another account
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.responses import Response
@@ -208,13 +208,14 @@ async def calls(ctx: Ctx) -> Response:
     return render(ctx, "calls.html", rows=rows, params=params, older=older)
 
 
-def key_views(rows: Sequence[tuple[ApiKey, str]], now: int, unwritten: Mapping[int, int]) -> list[dict[str, Any]]:
+def key_views(ctx: Ctx, rows: Sequence[tuple[ApiKey, str]]) -> list[dict[str, Any]]:
     """Keys as :func:`stepplan.store.keys.key_view` shows them (every per-key setting, status,
     rotation), with ``last_used_at`` from this process's uses not yet written to the batched
     column when they are newer (another worker's are at most ``auth.LAST_USED_EVERY`` s late)."""
+    unwritten = ctx.state.gateway.auth.unwritten_uses()
     out = []
     for k, account in rows:
-        view = key_store.key_view(k, account, now)
+        view = key_store.key_view(k, account, ctx.now)
         view["last_used_at"] = max(view["last_used_at"] or 0, unwritten.get(k.id, 0)) or None
         out.append(view)
     return out
@@ -224,8 +225,7 @@ async def _keys_page(ctx: Ctx, new_key: str | None = None) -> Response:
     aid = _account_id(ctx)
     async with ctx.state.sessions() as s:
         account = await queries.account_by_id(s, aid)
-        keys = key_views([(k, account.name if account else "") for k in await queries.account_keys(s, aid)],
-                         ctx.now, ctx.state.gateway.auth.unwritten_uses())
+        keys = key_views(ctx, [(k, account.name if account else "") for k in await queries.account_keys(s, aid)])
     return render(ctx, "keys.html", keys=keys, self_service=ctx.cfg.self_service_keys, new_key=new_key,
                   own_key=ctx.session.key_id if ctx.session else None)
 

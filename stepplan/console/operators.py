@@ -106,8 +106,7 @@ async def _account_page(ctx: Ctx, name: str, **extra: Any) -> Response:
     async with ctx.state.sessions() as s:
         a = await _account(s, name)
         view = await account_usage(s, cfg, a.id, ctx.now, since=ctx.now, until=ctx.now + 1)
-        keys = key_views([(k, a.name) for k in await queries.account_keys(s, a.id)], ctx.now,
-                         ctx.state.gateway.auth.unwritten_uses())
+        keys = key_views(ctx, [(k, a.name) for k in await queries.account_keys(s, a.id)])
         await s.commit()
     buckets = []
     for b in view["plan_credit_rate_limit"]["credit_buckets"]:
@@ -246,7 +245,7 @@ async def keys(ctx: Ctx) -> Response:
     name = ctx.q("account")[:128]
     async with ctx.state.sessions() as s:
         a = await _account(s, name) if name else None
-        rows = key_views(await acc.list_keys(s, a), ctx.now, ctx.state.gateway.auth.unwritten_uses())
+        rows = key_views(ctx, await acc.list_keys(s, a))
     return render(ctx, "admin_keys.html", rows=rows, account=name, url=account_url)
 
 
@@ -256,7 +255,7 @@ async def _key_page(ctx: Ctx, key_id: int, status: int = 200, error: str | None 
         found = await key_store.get_key(s, key_id)
         if found is None:
             raise ConsoleError(f"no key with id {key_id}", 404)
-        view = key_views([found], ctx.now, ctx.state.gateway.auth.unwritten_uses())[0]
+        view = key_views(ctx, [found])[0]
     models = [m.id for m in ctx.state.settings.catalog.public()]
     return render(ctx, "admin_key.html", status=status, k=view, url=account_url(found[1]), models=models,
                   error=error, form=form or {}, done=ctx.q("done")[:64], settings=SETTINGS)
